@@ -147,12 +147,18 @@ def make_report(builder: tfds.core.DatasetBuilder, split_of: Sequence[str], labe
 
 
 def split_generators(builder, examples: Sequence[dict], split_of: Sequence[str], generate: Callable):
-  """{split: generator} for the builder, in the fixed split order."""
-  del builder
+  """{split: generator} for the builder, in the fixed split order.
+
+  A split that receives no example (a small download) is left out: TFDS cannot write an empty
+  split, and readers (e.g. the audit) skip absent splits. No example at all is an error.
+  """
+  if not examples:
+    raise ValueError(f"{builder.name}/{builder.builder_config.name}: no usable examples "
+                     f"(every file was skipped, see the problems counted in the build log)")
   by_split = {split: [] for split in grouping.SPLITS}
   for example, split in zip(examples, split_of):
     by_split[split].append(example)
-  return {split: generate(items) for split, items in by_split.items()}
+  return {split: generate(items) for split, items in by_split.items() if items}
 
 
 def builder_class(dataset: str):
@@ -174,12 +180,17 @@ def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None) -> Repor
   data_dir = Path(data_dir).expanduser() if data_dir else sources.default_data_dir()
   builder = cls(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
   report_path = Path(builder.data_dir) / REPORT_FILE
-  if builder.is_prepared() and report_path.is_file():
-    return Report(**json.loads(report_path.read_text()))
+  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  if builder.is_prepared():
+    if report_path.is_file():
+      return Report(**json.loads(report_path.read_text()))
+    # Built without its report (by `tfds build`, or interrupted before the report was written):
+    # TFDS would reuse the data and no report would exist, so rebuild it.
+    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
   manual_dir = sources.raw_dir(dataset, raw_root)
   start = time.perf_counter()
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), download_mode=mode))
   report = builder.report
   report.seconds = round(time.perf_counter() - start, 1)
   report_path = Path(builder.data_dir) / REPORT_FILE

@@ -73,7 +73,7 @@ class FaceMask12k(tfds.core.GeneratorBasedBuilder):
     if self.builder_config.name == "official":
       split_of = [r["official"] for r in records]
     else:
-      split_of = [grouping.assign_split(group) for group in result.groups]
+      split_of = grouping.assign_splits(result.groups, [r["label"] for r in records])
     examples = [
         {"image": image_io.encode_png(r["image"]), "label": r["label"], "file": r["file"],
          "group": group, "official_split": r["official"]}

@@ -8,7 +8,7 @@ photo, so crops at a photo's edge are not square (the pipeline resizes). Configs
   2classes: with_mask, without_mask (mask_weared_incorrect dropped; counted in the build report)
   3classes: with_mask, without_mask, mask_weared_incorrect
 
-The split is ~80/10/10 by photo group: all faces of one photo, and of near-duplicate photos, are in
+The split is ~80/10/10 (per class) by photo group: all faces of one photo, and of near-duplicate photos, are in
 one split (vaeaug.data.grouping). Problems in the download are counted skips in the build report:
 a bad annotation or photo skips that photo, a bad box or unknown label skips that face.
 """
@@ -139,22 +139,24 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
     result = grouping.group_images(
         [f["image"] for f in faces],
         link_keys=[link_keys(photo_groups[f["photo_index"]]) for f in faces])
+    # Splits are assigned over the faces of all classes too, then the config's classes are kept.
+    all_splits = grouping.assign_splits(result.groups, [ALL_CLASSES.index(f["class_name"]) for f in faces])
     kept = []
-    for face, group in zip(faces, result.groups):
+    for face, group, split in zip(faces, result.groups, all_splits):
       if face["class_name"] in config.class_names:
-        kept.append((face, group))
+        kept.append((face, group, split))
       else:
         skips.add(root / face["file"], f"class not in config: {face['class_name']}")
-    split_of = [grouping.assign_split(group) for _, group in kept]
-    labels = [config.class_names.index(face["class_name"]) for face, _ in kept]
+    split_of = [split for _, _, split in kept]
+    labels = [config.class_names.index(face["class_name"]) for face, _, _ in kept]
     examples = [
         {"image": image_io.encode_png(np.ascontiguousarray(face["image"])), "label": label,
          "file": face["file"], "group": group, "photo": face["file"],
          "face_index": face["face_index"], "box": np.asarray(face["box"], np.int32),
          "crop_box": np.asarray(face["crop_box"], np.int32)}
-        for (face, group), label in zip(kept, labels)]
+        for (face, group, _), label in zip(kept, labels)]
     self.report = building.make_report(self, split_of, labels, config.class_names,
-                                       [group for _, group in kept], result.kind_counts(), skips)
+                                       [group for _, group, _ in kept], result.kind_counts(), skips)
     return building.split_generators(self, examples, split_of, self._generate_examples)
 
   def _generate_examples(self, examples):

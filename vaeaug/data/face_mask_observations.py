@@ -54,7 +54,7 @@ class FaceMaskObservations(tfds.core.GeneratorBasedBuilder):
       for path, image in building.decode_images(paths, skips, class_name):
         records.append(dict(image=image, label=label, file=path.relative_to(root).as_posix()))
     result = grouping.group_images([r["image"] for r in records], labels=[r["label"] for r in records])
-    split_of = [grouping.assign_split(group) for group in result.groups]
+    split_of = grouping.assign_splits(result.groups, [r["label"] for r in records])
     examples = [
         {"image": image_io.encode_png(r["image"]), "label": r["label"], "file": r["file"], "group": group}
         for r, group in zip(records, result.groups)]

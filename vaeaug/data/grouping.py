@@ -234,13 +234,21 @@ def connected_components(n: int, pairs) -> np.ndarray:
   return np.asarray([numbering.setdefault(root, len(numbering)) for root in roots], np.int64)
 
 
-def group_ids(content_keys: Sequence[str], components: np.ndarray) -> list[str]:
-  """A stable id per item: the smallest content key (pixel hash) in its component, shortened."""
-  smallest: dict[int, str] = {}
-  for key, component in zip(content_keys, components.tolist()):
-    if component not in smallest or key < smallest[component]:
-      smallest[component] = key
-  return ["g" + smallest[component][:20] for component in components.tolist()]
+def group_ids(content_keys: Sequence[str], components: np.ndarray,
+              informative: Sequence[bool] | None = None) -> list[str]:
+  """A stable id per item: the smallest content key (pixel hash) in its component, shortened.
+
+  With `informative`, blank members are only used when the component has no informative one: a
+  blank image (e.g. all black) can sit in several name-linked components, and taking its hash
+  as their id would merge those unrelated components into one group.
+  """
+  informative = [True] * len(content_keys) if informative is None else [bool(x) for x in informative]
+  smallest: dict[int, tuple[bool, str]] = {}
+  for key, component, useful in zip(content_keys, components.tolist(), informative):
+    rank = (not useful, key)  # informative members first, then by key
+    if component not in smallest or rank < smallest[component]:
+      smallest[component] = rank
+  return ["g" + smallest[component][1][:20] for component in components.tolist()]
 
 
 def assign_split(group_id: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "vaeaug-v1") -> str:
@@ -254,6 +262,44 @@ def assign_split(group_id: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), sa
     if value < cumulative:
       return split
   return SPLITS[-1]
+
+
+def assign_splits(groups: Sequence[str], labels: Sequence[int], fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  salt: str = "vaeaug-v1") -> list[str]:
+  """Split of every example such that whole groups go to one split and each class is divided
+  close to `fractions` (hashing groups alone gives lumpy splits when a few groups are large,
+  e.g. a crowd photo with 100 faces).
+
+  Groups are placed largest first (ties in a hash order of their ids), each into the split whose
+  per-class shortfall against its target is largest for the group's classes. The result depends
+  only on the set of (group, label) pairs: not on file order, file names or the machine. Unlike
+  `assign_split`, adding images can move other groups.
+  """
+  if len(fractions) != len(SPLITS) or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+    raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1, got {tuple(fractions)}")
+  labels = np.asarray(labels, np.int64)
+  if len(groups) != len(labels):
+    raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+  if len(labels) == 0:
+    return []
+  num_classes = int(labels.max()) + 1
+  counts: dict[str, np.ndarray] = {}
+  for group, label in zip(groups, labels.tolist()):
+    counts.setdefault(group, np.zeros(num_classes, np.int64))[label] += 1
+  class_totals = np.maximum(sum(counts.values()), 1).astype(np.float64)
+  targets = np.asarray(fractions, np.float64)[:, None] * class_totals[None, :]
+  assigned = np.zeros((len(SPLITS), num_classes), np.float64)
+
+  def order(group):
+    return (-int(counts[group].sum()), hashlib.sha256(f"{salt}:{group}".encode()).hexdigest())
+
+  split_of_group = {}
+  for group in sorted(counts, key=order):
+    shortfall = ((targets - assigned) / class_totals) @ counts[group]
+    index = int(np.argmax(shortfall))  # ties: the first split
+    assigned[index] += counts[group]
+    split_of_group[group] = SPLITS[index]
+  return [split_of_group[group] for group in groups]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,4 +321,4 @@ def group_images(images: Sequence[np.ndarray], labels: Sequence[int] | None = No
   fingerprints = fingerprint(images, params)
   pairs = find_duplicate_pairs(fingerprints, labels, link_keys, params)
   components = connected_components(len(images), pairs)
-  return Grouping(group_ids(fingerprints.sha, components), pairs)
+  return Grouping(group_ids(fingerprints.sha, components, fingerprints.informative), pairs)

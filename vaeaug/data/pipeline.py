@@ -64,6 +64,7 @@ __all__ = [
     "CacheWarning",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "normalize_unit",
     "cache_path",
     "epoch_batches",
     "epoch_permutation",
@@ -682,14 +683,24 @@ def to_float(images: Any, normalization: str = "unit"):
     x = images if xp is not np else np.asarray(images)
     if x.dtype != np.uint8:
         raise TypeError(f"to_float expects uint8 images, got dtype {x.dtype}")
-    x = x.astype(xp.float32)
+    return normalize_unit(x.astype(xp.float32) / xp.float32(255.0), normalization)
+
+
+def normalize_unit(images: Any, normalization: str = "unit"):
+    """Float images in ``[0, 1]`` -> the given normalisation (as in :func:`to_float`).
+
+    For code that works on ``[0, 1]`` floats first (augmentation) and normalises after.
+    """
+    if normalization not in _NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; choose from {_NORMALIZATIONS}")
+    xp = _array_module(images)
     if normalization == "unit":
-        return x / xp.float32(255.0)
+        return images
     if normalization == "symmetric":
-        return x / xp.float32(127.5) - xp.float32(1.0)
+        return images * xp.float32(2.0) - xp.float32(1.0)
     mean = xp.asarray(IMAGENET_MEAN, dtype=xp.float32)
     std = xp.asarray(IMAGENET_STD, dtype=xp.float32)
-    return (x / xp.float32(255.0) - mean) / std
+    return (images - mean) / std
 
 
 def from_float(images: Any, normalization: str = "unit"):
