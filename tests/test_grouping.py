@@ -244,56 +244,78 @@ def test_group_id_is_content_derived_not_position_derived(face, strangers):
     assert a[0] != b[1]
 
 
-# ----------------------------------------------------------------------------- assign_split
+# ----------------------------------------------------------------------------- assign_splits
 
 
-def test_assign_split_deterministic_and_valid():
-    ids = [f"g{i:05d}" for i in range(200)]
-    first = [grouping.assign_split(g) for g in ids]
-    assert first == [grouping.assign_split(g) for g in ids]
-    assert set(first) <= set(grouping.SPLITS)
+def _groups_and_labels(seed=0, n_groups=600):
+    """Groups of very uneven size (a few crowd photos), two imbalanced classes."""
+    rng = np.random.default_rng(seed)
+    groups, labels = [], []
+    for g in range(n_groups):
+        size = int(rng.choice([1, 1, 1, 2, 3, 5, 40])) if g % 50 else 120
+        for _ in range(size):
+            groups.append(f"g{g:04d}")
+            labels.append(int(rng.random() < 0.2))
+    return groups, labels
 
 
-def test_assign_split_same_in_a_fresh_process():
-    ids = [f"group-{i}" for i in range(50)]
+def test_assign_splits_keeps_groups_whole_and_classes_on_target():
+    groups, labels = _groups_and_labels()
+    splits = grouping.assign_splits(groups, labels)
+    by_group = {}
+    for group, split in zip(groups, splits):
+        assert by_group.setdefault(group, split) == split  # a group never straddles splits
+    labels = np.asarray(labels)
+    for cls in (0, 1):
+        total = np.sum(labels == cls)
+        for split, fraction in zip(grouping.SPLITS, (0.8, 0.1, 0.1)):
+            share = np.sum((labels == cls) & (np.asarray(splits) == split)) / total
+            assert abs(share - fraction) < 0.02, (cls, split, share)
+
+
+def test_assign_splits_beats_hashing_on_lumpy_groups():
+    groups, labels = _groups_and_labels(seed=1)
+    balanced = np.asarray(grouping.assign_splits(groups, labels))
+    hashed = np.asarray([grouping.assign_split(g) for g in groups])
+    error = lambda splits: max(abs(np.mean(splits == "test") - 0.1), abs(np.mean(splits == "validation") - 0.1))
+    assert error(balanced) < error(hashed)
+
+
+def test_assign_splits_does_not_depend_on_input_order():
+    groups, labels = _groups_and_labels(seed=2, n_groups=200)
+    reference = dict(zip(groups, grouping.assign_splits(groups, labels)))
+    order = np.random.default_rng(0).permutation(len(groups))
+    shuffled = grouping.assign_splits([groups[i] for i in order], [labels[i] for i in order])
+    assert {groups[i]: s for i, s in zip(order, shuffled)} == reference
+
+
+def test_assign_splits_same_in_a_fresh_process():
+    groups, labels = _groups_and_labels(seed=3, n_groups=60)
     code = ("from vaeaug.data import grouping; "
-            f"print(','.join(grouping.assign_split(g) for g in {ids!r}))")
+            f"print(','.join(grouping.assign_splits({groups!r}, {labels!r})))")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip().split(",") == [grouping.assign_split(g) for g in ids]
+    assert out.stdout.strip().split(",") == grouping.assign_splits(groups, labels)
 
 
-@pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.5, 0.3, 0.2), (0.34, 0.33, 0.33), (0.9, 0.0, 0.1)])
-def test_assign_split_fractions_respected(fractions):
-    ids = [f"g{i:020x}" for i in range(20_000)]
-    splits = [grouping.assign_split(g, fractions) for g in ids]
-    for split, fraction in zip(grouping.SPLITS, fractions):
-        share = splits.count(split) / len(ids)
-        assert abs(share - fraction) <= 0.02, (split, share, fraction)
-        if fraction == 0:
-            assert share == 0
+def test_assign_splits_degenerate_and_bad_fractions():
+    groups, labels = _groups_and_labels(seed=4, n_groups=100)
+    assert set(grouping.assign_splits(groups, labels, (1.0, 0.0, 0.0))) == {"train"}
+    assert set(grouping.assign_splits(groups, labels, (0.0, 0.0, 1.0))) == {"test"}
+    assert grouping.assign_splits([], []) == []
+    for fractions in [(0.8, 0.1), (0.8, 0.3, 0.1), (1.1, -0.05, -0.05)]:
+        with pytest.raises(ValueError, match="fractions"):
+            grouping.assign_splits(groups, labels, fractions)
+        with pytest.raises(ValueError, match="fractions"):
+            grouping.assign_split("g0", fractions)
 
 
-def test_assign_split_degenerate_fractions():
+def test_assign_split_hash_is_deterministic_and_salted():
     ids = [f"id{i}" for i in range(500)]
-    assert {grouping.assign_split(g, (1.0, 0.0, 0.0)) for g in ids} == {"train"}
-    assert {grouping.assign_split(g, (0.0, 0.0, 1.0)) for g in ids} == {"test"}
-    assert {grouping.assign_split(g, (0.0, 1.0, 0.0)) for g in ids} == {"validation"}
-
-
-def test_assign_split_salt_changes_the_assignment():
-    ids = [f"id{i}" for i in range(500)]
-    a = [grouping.assign_split(g) for g in ids]
-    b = [grouping.assign_split(g, salt="other") for g in ids]
-    assert a != b
-
-
-@pytest.mark.parametrize("fractions", [(0.8, 0.1), (0.8, 0.1, 0.1, 0.0), (0.8, 0.3, 0.1), (0.7, 0.1, 0.1),
-                                       (1.1, -0.05, -0.05), (0.6, 0.5, -0.1)])
-def test_assign_split_bad_fractions_raise(fractions):
-    with pytest.raises(ValueError, match="fractions"):
-        grouping.assign_split("g0", fractions)
+    first = [grouping.assign_split(g) for g in ids]
+    assert first == [grouping.assign_split(g) for g in ids] and set(first) <= set(grouping.SPLITS)
+    assert first != [grouping.assign_split(g, salt="other") for g in ids]
 
 
 def test_grouping_kind_counts(face, strangers):
