@@ -161,6 +161,23 @@ def split_generators(builder, examples: Sequence[dict], split_of: Sequence[str],
   return {split: generate(items) for split, items in by_split.items() if items}
 
 
+def grouped_split_generators(builder, records: Sequence[dict], class_names: Sequence[str], skips: SkipLog, *,
+                             link_keys: Sequence[Sequence[str]] | None = None,
+                             fixed_splits: Sequence[str] | None = None, extra_fields: Sequence[str] = ()):
+  """Group decoded `records` (dicts with image, label, file and `extra_fields`), assign class-
+  balanced grouped splits (or keep `fixed_splits`), record the build report and return the
+  split generators."""
+  labels = [record["label"] for record in records]
+  result = grouping.group_images([record["image"] for record in records], labels=labels, link_keys=link_keys)
+  split_of = list(fixed_splits) if fixed_splits is not None else grouping.assign_splits(result.groups, labels)
+  examples = [
+      {"image": image_io.encode_png(record["image"]), "label": record["label"], "file": record["file"],
+       "group": group, **{field: record[field] for field in extra_fields}}
+      for record, group in zip(records, result.groups)]
+  builder.report = make_report(builder, split_of, labels, class_names, result.groups, result.kind_counts(), skips)
+  return split_generators(builder, examples, split_of, builder._generate_examples)
+
+
 def builder_class(dataset: str):
   """The TFDS builder class of a dataset name (imports its module so it is registered)."""
   from vaeaug.data import face_mask12k, face_mask_detection, face_mask_observations  # noqa: F401

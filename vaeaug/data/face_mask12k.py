@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from vaeaug.data import building, grouping, images as image_io
+from vaeaug.data import building
 
 CLASS_NAMES = ("with_mask", "without_mask")
 _CLASS_FOLDERS = {"WithMask": 0, "WithoutMask": 1}
@@ -65,22 +65,13 @@ class FaceMask12k(tfds.core.GeneratorBasedBuilder):
       for class_folder, label in _CLASS_FOLDERS.items():
         paths = building.list_folder_images(root / _ROOT / folder / class_folder, skips)
         for path, image in building.decode_images(paths, skips, f"{folder}/{class_folder}"):
-          records.append(dict(path=path, image=image, label=label, official=official,
+          records.append(dict(image=image, label=label, official_split=official,
                               file=path.relative_to(root).as_posix()))
-    result = grouping.group_images(
-        [r["image"] for r in records], labels=[r["label"] for r in records],
-        link_keys=[link_keys(r["file"]) for r in records])
-    if self.builder_config.name == "official":
-      split_of = [r["official"] for r in records]
-    else:
-      split_of = grouping.assign_splits(result.groups, [r["label"] for r in records])
-    examples = [
-        {"image": image_io.encode_png(r["image"]), "label": r["label"], "file": r["file"],
-         "group": group, "official_split": r["official"]}
-        for r, group in zip(records, result.groups)]
-    self.report = building.make_report(self, split_of, [r["label"] for r in records], CLASS_NAMES,
-                                       result.groups, result.kind_counts(), skips)
-    return building.split_generators(self, examples, split_of, self._generate_examples)
+    official = self.builder_config.name == "official"
+    return building.grouped_split_generators(
+        self, records, CLASS_NAMES, skips, link_keys=[link_keys(r["file"]) for r in records],
+        fixed_splits=[r["official_split"] for r in records] if official else None,
+        extra_fields=("official_split",))
 
   def _generate_examples(self, examples):
     for example in examples:

@@ -12,15 +12,9 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from vaeaug.data import building, grouping, images as image_io
+from vaeaug.data import building
 
 CLASS_NAMES = ("with_mask", "without_mask")
-
-
-def link_keys(file: str) -> list[str]:
-  """No name rule: file numbers in the two class folders are unrelated."""
-  del file
-  return []
 
 
 class FaceMaskObservations(tfds.core.GeneratorBasedBuilder):
@@ -53,14 +47,7 @@ class FaceMaskObservations(tfds.core.GeneratorBasedBuilder):
       paths = building.list_folder_images(root / class_name, skips)
       for path, image in building.decode_images(paths, skips, class_name):
         records.append(dict(image=image, label=label, file=path.relative_to(root).as_posix()))
-    result = grouping.group_images([r["image"] for r in records], labels=[r["label"] for r in records])
-    split_of = grouping.assign_splits(result.groups, [r["label"] for r in records])
-    examples = [
-        {"image": image_io.encode_png(r["image"]), "label": r["label"], "file": r["file"], "group": group}
-        for r, group in zip(records, result.groups)]
-    self.report = building.make_report(self, split_of, [r["label"] for r in records], CLASS_NAMES,
-                                       result.groups, result.kind_counts(), skips)
-    return building.split_generators(self, examples, split_of, self._generate_examples)
+    return building.grouped_split_generators(self, records, CLASS_NAMES, skips)
 
   def _generate_examples(self, examples):
     for example in examples:

@@ -1,0 +1,243 @@
+"""Classifier training and evaluation on the shared loop (`vaeaug.training.loop.fit`).
+
+`train_and_evaluate(config, workdir)` loads the data, trains with model selection on validation,
+chooses the decision threshold on validation, then scores the test split exactly once with the
+best-on-validation parameters and writes `test_metrics.json` (and figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from classifiers import metrics as metrics_lib
+from classifiers import models
+from vaeaug.data import augment, pipeline
+from vaeaug.training import loop, sharding
+from vaeaug.training.state import TrainState, create_train_state, make_optimizer, make_schedule, split_model
+
+log = logging.getLogger(__name__)
+
+
+def create_train_state_for(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> TrainState:
+  model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed), head=config.head,
+                              image_size=config.image_size, **dict(config.model_overrides))
+  total_steps = steps_per_epoch * config.epochs
+  schedule = make_schedule(config.schedule, config.learning_rate, total_steps,
+                           warmup_steps=round(config.warmup_epochs * steps_per_epoch))
+  tx = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay, momentum=config.momentum,
+                      nesterov=config.nesterov, grad_clip_norm=config.grad_clip_norm)
+  return create_train_state(model, tx)
+
+
+def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Per-class loss weights: none (all 1), balanced (n / (C * count_c), mean 1 over the training
+  set), or explicit comma-separated numbers."""
+  if spec == "none":
+    return np.ones(num_classes, np.float32)
+  if spec == "balanced":
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if np.any(counts == 0):
+      raise ValueError(f"class_weights=balanced needs every class in the training data, counts {counts.tolist()}")
+    return (len(labels) / (num_classes * counts)).astype(np.float32)
+  weights = np.asarray([float(w) for w in spec.split(",")], np.float32)
+  if weights.shape != (num_classes,) or np.any(weights <= 0):
+    raise ValueError(f"class_weights {spec!r}: need {num_classes} positive comma-separated numbers")
+  return weights
+
+
+def loss_and_probabilities(logits, labels, *, num_classes: int, label_smoothing: float, weights):
+  """Per-example loss and class probabilities for a binary (one logit) or softmax head."""
+  if logits.shape[-1] == 1:
+    targets = labels.astype(jnp.float32) * (1 - label_smoothing) + 0.5 * label_smoothing
+    losses = optax.sigmoid_binary_cross_entropy(logits[:, 0], targets)
+    p1 = jax.nn.sigmoid(logits[:, 0])
+    probabilities = jnp.stack([1 - p1, p1], axis=-1)
+  else:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
+    probabilities = jax.nn.softmax(logits)
+  return losses * weights[labels], probabilities
+
+
+def _prepare_images(images, normalization: str, augment_config: augment.AugmentConfig | None, key):
+  """uint8 batch -> float model input; augmentation (if any) works on [0, 1] before normalising."""
+  images = pipeline.to_float(images, "unit")
+  if augment_config is not None and not augment_config.is_identity:
+    images = augment.augment_batch(images, key, augment_config)
+  return pipeline.normalize_unit(images, normalization)
+
+
+def train_step(state: TrainState, batch, base_key, *, num_classes: int, label_smoothing: float, weights,
+               normalization: str, augment_config):
+  """One optimisation step. Randomness (dropout, augmentation) comes from (base_key, step)."""
+  step_key = jax.random.fold_in(base_key, state.step)
+  augment_key, dropout_key = jax.random.split(step_key)
+  images = _prepare_images(batch["image"], normalization, augment_config, augment_key)
+  model = state.model()
+
+  def loss_fn(model):
+    logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+    losses, probabilities = loss_and_probabilities(
+        logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing, weights=weights)
+    return losses.mean(), probabilities
+
+  (loss, probabilities), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  _, model_state = split_model(model)
+  accuracy = jnp.mean(jnp.argmax(probabilities, -1) == batch["label"])
+  new_state = state.apply_gradients(grads, model_state)
+  return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+
+
+def eval_step(state: TrainState, images, *, normalization: str):
+  """Class probabilities (N, C) of a batch with the running batch-norm statistics."""
+  logits = state.model()(_prepare_images(images, normalization, None, None), train=False)
+  if logits.shape[-1] == 1:
+    p1 = jax.nn.sigmoid(logits[:, 0])
+    return jnp.stack([1 - p1, p1], axis=-1)
+  return jax.nn.softmax(logits)
+
+
+def predict_probabilities(predict_fn, state, dataset: pipeline.ArrayDataset, batch_size: int, mesh) -> np.ndarray:
+  """Probabilities for every example of `dataset`, in order (padded last batch masked out)."""
+  batch_size = max(mesh.devices.size, batch_size - batch_size % mesh.devices.size)
+  outputs = []
+  for batch in pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False, remainder="pad"):
+    images = sharding.shard_batch({"image": batch["image"]}, mesh)["image"]
+    probabilities = np.asarray(jax.device_get(predict_fn(state, images)))
+    outputs.append(probabilities[batch["mask"]])
+  return np.concatenate(outputs)
+
+
+def weighted_log_loss(labels, probabilities, weights) -> float:
+  p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+  return float(np.mean(-np.log(p) * weights[labels]))
+
+
+@dataclasses.dataclass
+class Data:
+  train: pipeline.ArrayDataset
+  validation: pipeline.ArrayDataset
+  test: pipeline.ArrayDataset
+
+  @property
+  def class_names(self):
+    return self.train.class_names
+
+
+def load_data(config) -> Data:
+  splits = pipeline.load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+  seed = config.seed if config.data_seed is None else config.data_seed
+  train = splits["train"]
+  if config.n_per_class is not None:
+    train = pipeline.subsample(train, config.n_per_class, seed)
+  return Data(train=train, validation=splits["validation"], test=splits["test"])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None) -> dict:
+  """Train, select on validation, score test once; returns (and writes) the test metrics."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  data = data or load_data(config)
+  num_classes = len(data.class_names)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json(indent=1) + "\n")
+    (workdir / "class_names.json").write_text(json.dumps(list(data.class_names)) + "\n")
+  mesh = sharding.make_mesh(config.num_devices)
+  devices = mesh.devices.size
+  # Small subsets (n_per_class * classes < batch) train on whole-set batches.
+  batch_size = min(config.batch_size, len(data.train) - len(data.train) % devices)
+  steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
+  state = create_train_state_for(config, num_classes, steps_per_epoch)
+  weights = class_weights(config.class_weights, data.train.labels, num_classes)
+  augment_config = augment.PRESETS[config.augment] if isinstance(config.augment, str) else (
+      augment.AugmentConfig.from_dict(config.augment))
+
+  step_fn = jax.jit(functools.partial(
+      train_step, num_classes=num_classes, label_smoothing=config.label_smoothing, weights=jnp.asarray(weights),
+      normalization=config.normalization, augment_config=augment_config), donate_argnums=0)
+  predict_fn = jax.jit(functools.partial(eval_step, normalization=config.normalization))
+
+  def evaluate(state):
+    probabilities = predict_probabilities(predict_fn, state, data.validation, config.eval_batch_size, mesh)
+    result = metrics_lib.classification_metrics(data.validation.labels, probabilities, class_names=data.class_names)
+    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    scalars["loss"] = weighted_log_loss(data.validation.labels, probabilities, np.ones(num_classes))
+    return scalars
+
+  loop_config = loop.LoopConfig(
+      epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+      selection_metric=config.selection_metric, selection_mode=config.selection_mode, patience=config.patience,
+      min_delta=config.min_delta, progress=config.progress)
+  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
+
+  # Threshold from validation; test scored once, with the best-on-validation parameters.
+  val_probabilities = predict_probabilities(predict_fn, result.state, data.validation, config.eval_batch_size, mesh)
+  threshold = 0.5
+  if num_classes == 2:
+    threshold, _ = metrics_lib.best_threshold(data.validation.labels, val_probabilities[:, 1], config.threshold_metric)
+  test_probabilities = predict_probabilities(predict_fn, result.state, data.test, config.eval_batch_size, mesh)
+  test = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=threshold,
+                                            class_names=data.class_names)
+  test_at_half = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=0.5,
+                                                    class_names=data.class_names)
+  validation = metrics_lib.classification_metrics(data.validation.labels, val_probabilities, threshold=threshold,
+                                                  class_names=data.class_names)
+  summary = {
+      "dataset": config.dataset, "model": config.model, "seed": config.seed, "n_per_class": config.n_per_class,
+      "train_size": len(data.train), "class_names": list(data.class_names),
+      "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+      "selection_metric": config.selection_metric, "best_validation_value": result.best_value,
+      "threshold": threshold, "test": test, "test_at_threshold_0.5": test_at_half, "validation": validation,
+      "steps": result.steps, "seconds": round(time.perf_counter() - start, 1),
+  }
+  if jax.process_index() == 0:
+    (workdir / "test_metrics.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    np.savez(workdir / "test_predictions.npz", probabilities=test_probabilities, labels=data.test.labels)
+    if config.figures:
+      from classifiers import figures  # matplotlib only when figures are asked for
+      figures.write_training_figures(workdir, summary, data.test, test_probabilities, result.state, config)
+  return summary
+
+
+def _json_default(value):
+  if isinstance(value, (np.generic, np.ndarray)):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def restore_best(workdir: str | Path) -> tuple[ml_collections.ConfigDict, TrainState, tuple[str, ...]]:
+  """(config, state with the best-on-validation parameters, class names) of a finished or running
+  training workdir, for prediction and explanations."""
+  from vaeaug.training.checkpoints import Checkpointer  # noqa: PLC0415
+
+  workdir = Path(workdir)
+  for name in ("config.json", "class_names.json"):
+    if not (workdir / name).is_file():
+      raise FileNotFoundError(f"{workdir / name}: missing; is {workdir} a classifier training workdir?")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  class_names = tuple(json.loads((workdir / "class_names.json").read_text()))
+  # Shapes only (jax.eval_shape): the restore fills every array, and running the initializers would
+  # cost seconds of XLA compilation (truncated-normal sampling) for nothing.
+  state = jax.eval_shape(lambda: create_train_state_for(config, len(class_names), steps_per_epoch=1))
+  best = {"params": state.params, "model_state": state.model_state}
+  checkpointer = Checkpointer(workdir / "checkpoints")
+  restored = checkpointer.restore_latest(state, best)
+  checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no readable checkpoint")
+  _, state, best, _ = restored
+  return config, state.replace(params=best["params"], model_state=best["model_state"]), class_names

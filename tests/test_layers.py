@@ -1,0 +1,161 @@
+"""Fast-path layer ops of vaeaug.models.layers against flax's reduce_window pools."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vaeaug.models import layers
+
+SHAPES = [(2, 8, 8, 3), (2, 7, 9, 4), (3, 2, 3, 2), (1, 16, 15, 6)]
+
+
+def flax_max_2x2(x):
+    return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def flax_avg_2x2(x):
+    return nnx.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def flax_max_3x3_s2(x):
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def grad_of(pool, x, w):
+    """Gradient of sum(pool(x) * w): a random upstream gradient w. (Jitted: one compile instead
+    of one per eager op.)"""
+    return jax.grad(lambda x: jnp.sum(pool(x) * w))(x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def forward_and_grads(ours, reference, x, w):
+    return ours(x), reference(x), grad_of(ours, x, w), grad_of(reference, x, w)
+
+
+def normal(seed, shape):
+    """Test inputs from numpy (eager jax.random compiles per shape: slow in tests)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def random_case(shape, seed, pool):
+    x = normal(seed, shape)  # continuous: no ties (almost surely)
+    w = normal(seed + 1, jax.eval_shape(pool, x).shape)
+    return x, w
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ours, reference", [
+    (layers.max_pool_2x2, flax_max_2x2),
+    (layers.avg_pool_2x2, flax_avg_2x2),
+    (layers.max_pool_3x3_s2, flax_max_3x3_s2),
+], ids=["max2x2", "avg2x2", "max3x3s2"])
+def test_pool_forward_and_gradient_match_flax(shape, ours, reference):
+    x, w = random_case(shape, sum(shape), reference)
+    assert len(np.unique(np.asarray(x))) == x.size  # no ties
+    out, ref, g_ours, g_ref = forward_and_grads(ours, reference, x, w)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((2, 7, 9, 4), (2, 3, 4, 4)), ((1, 2, 2, 1), (1, 1, 1, 1)), ((1, 3, 3, 1), (1, 1, 1, 1)),
+])
+def test_2x2_pools_crop_odd_sizes_like_valid(shape, expected):
+    x = normal(0, shape)
+    assert layers.max_pool_2x2(x).shape == expected
+    assert layers.avg_pool_2x2(x).shape == expected
+    # The cropped last row / column receives no gradient.
+    g = grad_of(layers.max_pool_2x2, x, jnp.ones(expected))
+    if shape[1] % 2:
+        assert np.all(np.asarray(g)[:, -1] == 0)
+    if shape[2] % 2:
+        assert np.all(np.asarray(g)[:, :, -1] == 0)
+
+
+@pytest.mark.parametrize("size, out", [(16, 8), (15, 8), (7, 4), (2, 1), (1, 1)])
+def test_max_pool_3x3_s2_output_is_ceil_half(size, out):
+    x = normal(size, (1, size, size, 2))
+    assert layers.max_pool_3x3_s2(x).shape == (1, out, out, 2)
+    np.testing.assert_array_equal(layers.max_pool_3x3_s2(x), flax_max_3x3_s2(x))
+
+
+def test_max_pool_2x2_ties_forward_equal_and_gradient_split_evenly():
+    """Documented tie behaviour: same forward and same per-window gradient total as flax, but the
+    gradient is split evenly over tied maxima instead of going to a single one of them."""
+    window_values = np.array([[[3.0, 3.0], [3.0, 3.0]],   # all four tied
+                              [[5.0, 5.0], [1.0, 0.0]],   # two tied (same row)
+                              [[2.0, 0.0], [2.0, 1.0]],   # two tied (same column)
+                              [[0.0, 0.0], [0.0, 0.0]]])  # ReLU-like zeros
+    x = np.zeros((1, 2, 8, 1), np.float32)
+    for i, win in enumerate(window_values):
+        x[0, :, 2 * i: 2 * i + 2, 0] = win
+    x = jnp.asarray(x)
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), flax_max_2x2(x))
+
+    w = jnp.array([1.0, 2.0, -3.0, 4.0]).reshape(1, 1, 4, 1)
+    ours, ref = np.asarray(grad_of(layers.max_pool_2x2, x, w)), np.asarray(grad_of(flax_max_2x2, x, w))
+    per_window = lambda g: g[0, :, :, 0].reshape(2, 4, 2).sum(axis=(0, 2))
+    np.testing.assert_allclose(per_window(ours), per_window(ref))
+    np.testing.assert_allclose(per_window(ours), [1.0, 2.0, -3.0, 4.0])
+    np.testing.assert_allclose(ours[0, :, 0:2, 0], [[0.25, 0.25], [0.25, 0.25]])
+    np.testing.assert_allclose(ours[0, :, 2:4, 0], [[1.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(ours[0, :, 4:6, 0], [[-1.5, 0.0], [-1.5, 0.0]])
+    # flax sends each window's whole gradient to one entry.
+    assert np.count_nonzero(ref[0, :, 0:2, 0]) == 1
+
+
+def test_pools_accept_unbatched_and_extra_leading_dims():
+    x = normal(1, (2, 3, 6, 6, 4))
+    out = layers.max_pool_2x2(x)
+    assert out.shape == (2, 3, 3, 3, 4)
+    np.testing.assert_array_equal(out[1], flax_max_2x2(x[1]))
+    np.testing.assert_array_equal(layers.max_pool_2x2(x[0, 0]), flax_max_2x2(x[0, :1])[0])
+    np.testing.assert_allclose(layers.avg_pool_2x2(x[0, 0]), flax_avg_2x2(x[0, :1])[0], rtol=1e-6, atol=1e-6)
+
+
+def test_pools_under_jit():
+    x = normal(2, (2, 9, 9, 3))
+    np.testing.assert_array_equal(jax.jit(layers.max_pool_2x2)(x), flax_max_2x2(x))
+    np.testing.assert_array_equal(jax.jit(layers.max_pool_3x3_s2)(x), flax_max_3x3_s2(x))
+
+
+def test_pool_errors():
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        layers.max_pool_2x2(jnp.zeros((1, 1, 4, 3)))
+    with pytest.raises(ValueError, match=r"\(\.\.\., H, W, C\)"):
+        layers.avg_pool_2x2(jnp.zeros((4, 4)))
+    with pytest.raises(ValueError, match="unknown pool"):
+        layers.pool_2x2("median")
+    assert layers.pool_2x2("max") is layers.max_pool_2x2
+    assert layers.pool_2x2("avg") is layers.avg_pool_2x2
+    assert layers.pool_2x2(None) is None and layers.pool_2x2("none") is None
+
+
+def test_global_avg_pool():
+    x = normal(3, (2, 5, 7, 4))
+    np.testing.assert_allclose(layers.global_avg_pool(x), np.asarray(x).mean(axis=(1, 2)), rtol=1e-6)
+    assert layers.global_avg_pool(x).shape == (2, 4)
+
+
+def test_activations():
+    x = jnp.array([-2.0, -0.5, 0.0, 1.5])
+    np.testing.assert_allclose(layers.activation("relu")(x), [0, 0, 0, 1.5])
+    np.testing.assert_allclose(layers.activation("tanh")(x), np.tanh(x), rtol=1e-6)
+    np.testing.assert_allclose(layers.activation("leaky_relu")(x), [-0.02, -0.005, 0, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(layers.activation("swish")(x), x / (1 + np.exp(-x)), rtol=1e-6)
+    np.testing.assert_allclose(layers.activation("SiLU")(x), layers.activation("swish")(x))
+    np.testing.assert_allclose(layers.activation("identity")(x), x)
+    for name in layers.ACTIVATIONS:
+        assert layers.activation(name)(x).shape == x.shape
+    with pytest.raises(ValueError, match="unknown activation 'mish'"):
+        layers.activation("mish")
+    with pytest.raises(ValueError, match="unknown activation"):
+        layers.activation(None)

@@ -1,0 +1,59 @@
+"""Orbax checkpoints of the train state, the best-on-validation parameters and the loop's own state.
+
+A checkpoint step that cannot be restored (truncated or deleted files, say after a kill during a
+write on a filesystem without atomic renames) is reported with a warning naming the step and the
+error, and the previous step is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+    self.directory = Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "best", "loop"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def save(self, step: int, state, best, loop: dict) -> None:
+    """Saves synchronously-visible state; `loop` is JSON (epoch, counters, early-stopping record)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)),
+        force=True)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    self._manager.reload()  # see steps written by an earlier (killed) process
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, state_target, best_target) -> tuple[int, Any, Any, dict] | None:
+    """(step, state, best, loop) of the newest readable checkpoint, or None when there is none."""
+    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    for step in reversed(self.steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract(state_target)),
+            best=ocp.args.StandardRestore(abstract(best_target)),
+            loop=ocp.args.JsonRestore()))
+      except Exception as error:  # orbax raises many types for damaged files
+        log.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the previous one",
+                    step, self.directory, type(error).__name__, str(error).splitlines()[0][:300])
+        continue
+      return step, restored.state, restored.best, dict(restored.loop)
+    return None
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,190 @@
+"""The one training loop: epochs of jit-compiled steps, validation, early stopping on a validation
+metric with best-parameter tracking, orbax checkpoints with exact resume, metric logs, progress.
+
+Models plug in a `train_step(state, batch, key) -> (state, metrics)` (jit-compiled by the caller;
+derives its randomness from `key` and `state.step`) and an `evaluate(state) -> {name: float}` on
+validation data. The loop never sees test data: callers score test once, after `fit`, with
+`FitResult.state` (the best-on-validation parameters).
+
+Determinism: data order for epoch e depends only on (seed, e), step randomness on (seed, step), and
+checkpoints hold the train state, the best parameters and the early-stopping record, so a run
+killed at any point and restarted ends exactly where an uninterrupted run ends (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaeaug.data import pipeline
+from vaeaug.training import logs, sharding
+from vaeaug.training.checkpoints import Checkpointer
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  epochs: int
+  batch_size: int                      # global batch, split over devices and processes
+  seed: int = 0
+  log_every_steps: int = 20
+  checkpoint_every_steps: int = 0      # besides every epoch end; 0: epoch ends only
+  keep_checkpoints: int = 2
+  selection_metric: str = "loss"       # validation metric that picks the best epoch
+  selection_mode: str = "min"          # "min" or "max"
+  patience: int | None = None          # epochs without improvement before stopping; None: never
+  min_delta: float = 0.0               # improvement smaller than this does not count
+  progress: bool = True
+
+  def __post_init__(self):
+    if self.epochs < 1 or self.batch_size < 1:
+      raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+    if self.selection_mode not in ("min", "max"):
+      raise ValueError(f"selection_mode must be 'min' or 'max', got {self.selection_mode!r}")
+    if self.checkpoint_every_steps % self.log_every_steps:
+      # Log intervals must not straddle a checkpoint, or a resumed run would average differently.
+      raise ValueError(f"checkpoint_every_steps ({self.checkpoint_every_steps}) must be a multiple of "
+                       f"log_every_steps ({self.log_every_steps})")
+    if self.patience is not None and self.patience < 1:
+      raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: object                        # train state holding the best-on-validation parameters
+  best_epoch: int                      # 0-based
+  best_value: float
+  history: list[dict]                  # validation metrics per evaluated epoch
+  stopped_early: bool
+  steps: int
+  resumed_from: int | None
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a non-finite value; nothing non-finite was checkpointed."""
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+  if value is None or not math.isfinite(value):
+    return False
+  if best is None:
+    return True
+  return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+_all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray(
+    [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    or [True])))
+
+
+def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_data, config: LoopConfig,
+        workdir: str | Path, *, mesh=None) -> FitResult:
+  """Train `state` on `train_data` (an ArrayDataset or {"image", "label"} arrays) in `workdir`."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = mesh or sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  n = len(train_data) if hasattr(train_data, "__len__") else len(train_data["label"])
+  steps_per_epoch = pipeline.num_batches(n, config.batch_size, "drop")
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch size {config.batch_size} is larger than the training set ({n} examples)")
+  total_steps = steps_per_epoch * config.epochs
+  is_chief = jax.process_index() == 0
+  base_key = jax.random.key(config.seed)
+
+  state = sharding.replicate(state, mesh)
+  best = {"params": state.params, "model_state": state.model_state}
+  record = {"epochs_done": 0, "best_value": None, "best_epoch": -1, "bad_epochs": 0,
+            "history": [], "stopped_early": False, "finished": False}
+  checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+  restored = checkpointer.restore_latest(state, best)
+  resumed_from = None
+  if restored is not None:
+    resumed_from, state, best, record = restored
+    state, best = sharding.replicate(state, mesh), sharding.replicate(best, mesh)
+    if config.progress and is_chief:
+      print(f"resuming {workdir} from checkpoint step {resumed_from} ({record['epochs_done']} epochs done)",
+            file=sys.stderr, flush=True)
+  writer = logs.MetricsWriter(workdir / "metrics.jsonl", resume_step=resumed_from, enabled=is_chief)
+
+  step = int(state.step)
+  progress = logs.Progress(total_steps, start_step=step, enabled=config.progress and is_chief)
+
+  def save(step_now):
+    if not bool(_all_finite((state.params, state.model_state))):
+      raise NonFiniteError(f"non-finite parameters at step {step_now}; not checkpointed")
+    checkpointer.save(step_now, state, best, record)
+
+  pending: list[tuple[int, dict]] = []  # device-side step metrics not yet fetched
+  interval_start, interval_steps = time.perf_counter(), 0
+
+  def flush(step_now, epoch):
+    nonlocal interval_start, interval_steps
+    if not pending:
+      return
+    fetched = jax.device_get([metrics for _, metrics in pending])
+    for (s, _), values in zip(pending, fetched):
+      for name, value in values.items():
+        if not np.all(np.isfinite(value)):
+          raise NonFiniteError(f"non-finite {name} ({float(np.asarray(value).ravel()[0])}) at step {s}")
+    elapsed = time.perf_counter() - interval_start
+    mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
+    rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")
+    writer.write({"split": "train", "step": step_now, "epoch": epoch, **mean, "img_per_s": round(rate, 1)})
+    progress.update(step_now, epoch, config.epochs, {**mean, "img/s": round(rate)})
+    pending.clear()
+    interval_start, interval_steps = time.perf_counter(), 0
+
+  epoch = record["epochs_done"]
+  start_batch = step - epoch * steps_per_epoch if not record["finished"] else 0
+  while not record["finished"] and epoch < config.epochs:
+    batches = pipeline.epoch_batches(
+        train_data, config.batch_size, seed=config.seed, epoch=epoch, remainder="drop",
+        start_batch=start_batch, process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in batches:
+      batch = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
+      state, metrics = train_step(state, batch, base_key)
+      step += 1
+      interval_steps += 1
+      pending.append((step, metrics))
+      if step % config.log_every_steps == 0:
+        flush(step, epoch)
+      at_epoch_end = step % steps_per_epoch == 0
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not at_epoch_end:
+        flush(step, epoch)
+        save(step)
+    flush(step, epoch)
+    start_batch = 0
+
+    values = {name: float(value) for name, value in evaluate(state).items()}
+    value = values.get(config.selection_metric)
+    if value is None:
+      raise KeyError(f"selection metric {config.selection_metric!r} not among validation metrics {sorted(values)}")
+    epoch_record = {"epoch": epoch, "step": step, **values}
+    record["history"].append(epoch_record)
+    if _improved(value, record["best_value"], config.selection_mode, config.min_delta):
+      record.update(best_value=value, best_epoch=epoch, bad_epochs=0)
+      best = {"params": state.params, "model_state": state.model_state}
+    else:
+      record["bad_epochs"] += 1
+    writer.write({"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]})
+    epoch += 1
+    record["epochs_done"] = epoch
+    if config.patience is not None and record["bad_epochs"] >= config.patience:
+      record["stopped_early"] = True
+    record["finished"] = record["stopped_early"] or epoch >= config.epochs
+    save(step)
+  checkpointer.close()
+
+  if record["best_epoch"] < 0:
+    raise NonFiniteError(f"validation {config.selection_metric} was never finite; no best epoch")
+  best_state = state.replace(params=best["params"], model_state=best["model_state"])
+  return FitResult(state=best_state, best_epoch=record["best_epoch"], best_value=record["best_value"],
+                   history=record["history"], stopped_early=record["stopped_early"], steps=step,
+                   resumed_from=resumed_from)
