@@ -10,8 +10,8 @@
 * ``confusion.png``: test confusion matrix at the validation-chosen threshold, counts and
   row-normalised (each row = one true class, sums to 1).
 * ``misclassified.png``: the wrongly classified test images, most confident mistakes first.
-* ``gradcam.png``: the first ``config.gradcam_images`` test images with Grad-CAM and Grad-CAM++
-  heatmaps of the predicted class.
+* ``gradcam.png``: ``config.gradcam_images`` test images, taken in turn from each class (test sets
+  are imbalanced), with Grad-CAM and Grad-CAM++ heatmaps of the predicted class.
 
 Every function builds a standalone ``matplotlib.figure.Figure`` (no pyplot, so no global figure
 registry to leak into or to close) and writes it with the Agg renderer. Errors propagate: a bug in a
@@ -335,6 +335,17 @@ def _local_model(state):
   return nnx.merge(state.graphdef, jax.tree.map(local, state.params), jax.tree.map(local, state.model_state))
 
 
+def _round_robin_by_class(labels: np.ndarray, count: int) -> np.ndarray:
+  """Indices of the first images of each class, taken in turn, so every class is shown."""
+  queues = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+  chosen = []
+  while len(chosen) < count and any(queues):
+    for queue in queues:
+      if queue and len(chosen) < count:
+        chosen.append(queue.pop(0))
+  return np.asarray(chosen, np.int64)
+
+
 def write_training_figures(workdir, summary: dict, test_dataset, test_probabilities, state, config) -> dict[str, Path]:
   """Write ``workdir/figures/{curves,roc,confusion,misclassified,gradcam}.png`` for a finished
   run (``summary`` as returned by ``train_and_evaluate``; ``state`` the best-on-validation train
@@ -371,13 +382,14 @@ def write_training_figures(workdir, summary: dict, test_dataset, test_probabilit
     paths["gradcam"] = _message_figure(out / "gradcam.png", "Grad-CAM",
                                        "no images (config.gradcam_images = 0 or empty test set)")
     return paths
-  images = np.asarray(test_dataset.images[:count])
+  chosen = _round_robin_by_class(labels, count)
+  images = np.asarray(test_dataset.images[chosen])
   x = pipeline.to_float(images, config.normalization)  # = train._prepare_images without augmentation
   model = _local_model(state)
-  targets = predicted[:count].astype(np.int32)
+  targets = predicted[chosen].astype(np.int32)
   heatmaps = {"Grad-CAM": np.asarray(gradcam.grad_cam(model, x, targets)),
               "Grad-CAM++": np.asarray(gradcam.grad_cam(model, x, targets, plus_plus=True))}
   titles = [f"true {names[labels[i]]}\npred {names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
-            for i in range(count)]
+            for i in chosen]
   paths["gradcam"] = gradcam_figure(images, heatmaps, titles, out / "gradcam.png")
   return paths

@@ -174,12 +174,16 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
     else:
       record["bad_epochs"] += 1
     writer.write({"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]})
+    if config.progress and is_chief:
+      print(f"epoch {epoch + 1}/{config.epochs} validation {config.selection_metric} {value:.4g} "
+            f"(best {record['best_value']:.4g} at epoch {record['best_epoch'] + 1})", file=sys.stderr, flush=True)
     epoch += 1
     record["epochs_done"] = epoch
     if config.patience is not None and record["bad_epochs"] >= config.patience:
       record["stopped_early"] = True
     record["finished"] = record["stopped_early"] or epoch >= config.epochs
     save(step)
+    interval_start = time.perf_counter()  # throughput excludes evaluation and checkpointing
   checkpointer.close()
 
   if record["best_epoch"] < 0:
