@@ -18,9 +18,12 @@ Interface of every model
     ``dropout`` stream - or ``default`` stream - is used, an ``nnx.RngStream``, or a raw
     ``jax.random`` key); BatchNorm normalises with the batch statistics and updates its running
     averages (``nnx.BatchStat`` variables). ``train=False``: deterministic, BatchNorm uses the
-    running averages, no ``rngs`` needed. A model with dropout called with ``train=True`` and no
-    ``rngs`` raises ``ValueError`` (models hold no rng state of their own, so ``nnx.state(model)``
-    is only ``nnx.Param`` + ``nnx.BatchStat``).
+    running averages, no ``rngs`` needed. ``train=True`` without ``rngs`` raises ``ValueError``
+    when dropout would run (models hold no rng state of their own, so ``nnx.state(model)`` is
+    only ``nnx.Param`` + ``nnx.BatchStat``). Under ``nnx.grad`` / ``nnx.value_and_grad`` pass an
+    ``nnx.Rngs`` into the differentiated function as an argument (``grad(loss)(model, rngs)``),
+    not by closure: NNX refuses to advance a stream created outside the transform (a raw key
+    may be closed over).
 ``model.features(x, *, train, rngs=None)``
     The last convolutional feature map ``(N, h, w, C)`` (after its activation, before any
     pooling) - the map to use for Grad-CAM.
@@ -56,8 +59,10 @@ inputs. Registry: ``resnet18``, ``resnet34``, ``resnet50`` (ImageNet stem) and `
 stage (stage i has ``num_filters * 2**i`` channels, times 4 at the output of bottleneck blocks).
 Conv kernels use He-normal (fan-out) init as in torchvision; BN momentum 0.9 (= PyTorch 0.1).
 
-Pooling uses the fast reshape / slice pools of ``vaeaug.models.layers`` (XLA's reduce_window
-max-pool backward is several times slower on CPU).
+Speed (``vaeaug.models.layers``): pooling uses the reshape / slice pools (XLA's reduce_window
+max-pool backward is several times slower on CPU) and convs are ``layers.Conv``, which runs convs
+on maps of at most 3x3 as im2col + matmul (XLA's CPU conv takes ~1 s for a 3x3 conv on a 2x2x512
+map at batch 64: the last ResNet stage at 32-64 px). Parameters and results are nnx.Conv's.
 """
 
 from __future__ import annotations
@@ -268,8 +273,8 @@ class CNN(Classifier):
         convs, norms = [], []
         size, channels = image_size, in_features
         for features, k, p in zip(conv_features, kernel_sizes, pools):
-            convs.append(nnx.Conv(channels, features, (k, k), padding=padding,
-                                  use_bias=not self.batch_norm, rngs=rngs))
+            convs.append(layers.Conv(channels, features, (k, k), padding=padding,
+                                     use_bias=not self.batch_norm, rngs=rngs))
             if self.batch_norm:
                 norms.append(nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs))
             channels = features
@@ -345,11 +350,11 @@ class CNN(Classifier):
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_
 
 
-def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> layers.Conv:
     """Bias-free conv with PyTorch-style symmetric padding k // 2 (output = ceil(H / stride))."""
     pad = k // 2
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                    use_bias=False, kernel_init=_conv_init, rngs=rngs)
+    return layers.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                       use_bias=False, kernel_init=_conv_init, rngs=rngs)
 
 
 def _bn(features: int, rngs: nnx.Rngs, zero: bool = False) -> nnx.BatchNorm:

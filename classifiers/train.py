@@ -24,7 +24,7 @@ from flax import nnx
 from classifiers import metrics as metrics_lib
 from classifiers import models
 from vaeaug.data import augment, pipeline
-from vaeaug.training import loop, sharding
+from vaeaug.training import checkpoints, loop, sharding
 from vaeaug.training.state import TrainState, create_train_state, make_optimizer, make_schedule, split_model
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ def eval_step(state: TrainState, images, *, normalization: str):
 
 
 def predict_probabilities(predict_fn, state, dataset: pipeline.ArrayDataset, batch_size: int, mesh) -> np.ndarray:
-  """Probabilities for every example of `dataset`, in order (padded last batch masked out)."""
+  """`predict_fn(state, images)` for every example of `dataset`, in order (padded last batch
+  masked out): probabilities from `eval_step`, features from `embed_step`."""
   batch_size = max(mesh.devices.size, batch_size - batch_size % mesh.devices.size)
   outputs = []
   for batch in pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False, remainder="pad"):
@@ -118,6 +119,14 @@ def predict_probabilities(predict_fn, state, dataset: pipeline.ArrayDataset, bat
     probabilities = np.asarray(jax.device_get(predict_fn(state, images)))
     outputs.append(probabilities[batch["mask"]])
   return np.concatenate(outputs)
+
+
+def embed_step(state: TrainState, images, *, normalization: str):
+  """Globally averaged last convolutional feature map: the classifier's feature space (used for
+  Frechet distance and precision/recall of synthetic images)."""
+  model = state.model()
+  features = model.features(_prepare_images(images, normalization, None, None), train=False)
+  return features.mean(axis=(1, 2))
 
 
 def weighted_log_loss(labels, probabilities, weights) -> float:
@@ -220,24 +229,7 @@ def _json_default(value):
 
 
 def restore_best(workdir: str | Path) -> tuple[ml_collections.ConfigDict, TrainState, tuple[str, ...]]:
-  """(config, state with the best-on-validation parameters, class names) of a finished or running
-  training workdir, for prediction and explanations."""
-  from vaeaug.training.checkpoints import Checkpointer  # noqa: PLC0415
-
-  workdir = Path(workdir)
-  for name in ("config.json", "class_names.json"):
-    if not (workdir / name).is_file():
-      raise FileNotFoundError(f"{workdir / name}: missing; is {workdir} a classifier training workdir?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  class_names = tuple(json.loads((workdir / "class_names.json").read_text()))
-  # Shapes only (jax.eval_shape): the restore fills every array, and running the initializers would
-  # cost seconds of XLA compilation (truncated-normal sampling) for nothing.
-  state = jax.eval_shape(lambda: create_train_state_for(config, len(class_names), steps_per_epoch=1))
-  best = {"params": state.params, "model_state": state.model_state}
-  checkpointer = Checkpointer(workdir / "checkpoints")
-  restored = checkpointer.restore_latest(state, best)
-  checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no readable checkpoint")
-  _, state, best, _ = restored
-  return config, state.replace(params=best["params"], model_state=best["model_state"]), class_names
+  """(config, state with the best-on-validation parameters, class names) of a classifier workdir,
+  for prediction and explanations."""
+  return checkpoints.restore_best_state(
+      workdir, lambda config, num_classes: create_train_state_for(config, num_classes, steps_per_epoch=1))

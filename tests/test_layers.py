@@ -159,3 +159,79 @@ def test_activations():
         layers.activation("mish")
     with pytest.raises(ValueError, match="unknown activation"):
         layers.activation(None)
+
+
+# ----------------------------------------------------------------------------- tiny-map convolution
+
+CONV_CASES = [  # (H, W, kernel, stride, padding)
+    (2, 2, 3, 1, ((1, 1), (1, 1))),   # ResNet 3x3 on a 2x2 map
+    (1, 1, 3, 1, "SAME"),
+    (3, 3, 3, 2, "SAME"),             # asymmetric SAME padding (0, 1)
+    (3, 3, 3, 1, "VALID"),
+    (2, 2, 1, 1, "VALID"),            # 1x1 conv (bottleneck)
+    (3, 3, 1, 2, ((0, 0), (0, 0))),   # strided 1x1 projection
+    (2, 2, 7, 2, ((3, 3), (3, 3))),
+    (3, 2, 3, 2, ((1, 1), (1, 1))),   # non-square
+    (3, 3, 2, 1, "SAME"),             # even kernel
+    (8, 8, 3, 1, "SAME"),             # large map: XLA's own conv
+]
+
+
+def lax_conv(x, k, stride, padding):
+    dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=dn)
+
+
+def our_conv(x, k, stride, padding):
+    dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+    return layers.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("h, w, k, stride, padding", CONV_CASES)
+def test_conv_fast_path_matches_lax(h, w, k, stride, padding):
+    x, kernel = normal(h * w + k, (2, h, w, 5)), normal(stride + k, (k, k, 5, 4))
+    pad = padding if isinstance(padding, str) else tuple(padding)
+
+    @jax.jit
+    def both(x, kernel):
+        ref, ours = lax_conv(x, kernel, stride, pad), our_conv(x, kernel, stride, pad)
+        w = jnp.arange(ref.size, dtype=jnp.float32).reshape(ref.shape) / ref.size - 0.5
+        g_ref = jax.grad(lambda a, b: jnp.sum(lax_conv(a, b, stride, pad) * w), argnums=(0, 1))(x, kernel)
+        g_ours = jax.grad(lambda a, b: jnp.sum(our_conv(a, b, stride, pad) * w), argnums=(0, 1))(x, kernel)
+        return ref, ours, g_ref, g_ours
+
+    ref, ours, g_ref, g_ours = both(x, kernel)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_fast_path_is_used_only_for_tiny_maps():
+    k = jnp.zeros((3, 3, 4, 4))
+
+    def primitives(size):
+        jaxpr = jax.make_jaxpr(lambda x: our_conv(x, k, 1, "SAME"))(jnp.zeros((1, size, size, 4)))
+        return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+    assert "conv_general_dilated" not in primitives(3) and "dot_general" in primitives(3)
+    assert "conv_general_dilated" in primitives(4)
+    assert layers.SMALL_SPATIAL_MAX == 9
+    # dilated / grouped convs always go to XLA
+    jaxpr = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
+        x, jnp.zeros((3, 3, 2, 4)), (1, 1), "SAME", rhs_dilation=(1, 1), feature_group_count=2,
+        dimension_numbers=jax.lax.conv_dimension_numbers((1, 2, 2, 4), (3, 3, 2, 4), ("NHWC", "HWIO", "NHWC"))))(
+        jnp.zeros((1, 2, 2, 4)))
+    assert "conv_general_dilated" in {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+
+def test_conv_module_equals_nnx_conv():
+    # numpy kernel init: jax.random init compiles for seconds per shape on this CPU
+    init = lambda key, shape, dtype: normal(7, shape)  # noqa: E731
+    kw = dict(strides=(2, 2), padding="SAME", kernel_init=init, bias_init=init, rngs=nnx.Rngs(0))
+    ours, ref = layers.Conv(3, 5, (3, 3), **kw), nnx.Conv(3, 5, (3, 3), **kw)
+    np.testing.assert_array_equal(ours.kernel[...], ref.kernel[...])
+    call = nnx.jit(lambda m, x: m(x))
+    for size in (2, 6):
+        x = normal(size, (2, size, size, 3))
+        np.testing.assert_allclose(call(ours, x), call(ref, x), rtol=1e-5, atol=1e-5)

@@ -24,26 +24,50 @@ In every case the gradient summed over a window is the same as ``nnx.max_pool``'
 matters for exactly equal activations (e.g. a ReLU output of several zeros, where the upstream of
 a zero max is usually itself shared); it is a valid subgradient either way.
 
+Convolutions on tiny feature maps
+---------------------------------
+XLA's CPU convolution is pathologically slow when the *input* feature map is tiny: a 3x3 conv on a
+2x2 map, batch 64, takes ~0.9 s at 512 channels and ~10 s at 1024 (vs ~8 ms / ~22 ms as an
+explicit patches-times-kernel matmul), and 1x1 / 3x3 maps are also slower. That is exactly the last
+stage of a ResNet at 32-64 px (ResNet-18, ImageNet stem, 64 px: 2.7 s of a 2.8 s forward pass).
+``conv_general_dilated`` (a drop-in for ``jax.lax.conv_general_dilated``, for ``nnx.Conv``'s
+``conv_general_dilated=`` argument) and ``Conv`` (``nnx.Conv`` using it) compute 2-D NHWC convs
+whose input has ``H * W <= SMALL_SPATIAL_MAX`` (no dilation, no groups) as im2col + one matmul,
+and everything else with XLA's convolution. Both give the same result up to float rounding.
+
 Activations
 -----------
 ``activation(name)`` maps a name ("relu", "tanh", "leaky_relu", "swish", ...) to a function;
 ``ACTIVATIONS`` lists them. Unknown names raise ``ValueError``.
+
+Upsampling
+----------
+``pixel_shuffle(x, r)`` (depth-to-space, the sub-pixel convolution shuffle of Shi et al. 2016):
+``(..., H, W, C * r * r) -> (..., H * r, W * r, C)`` with PyTorch's ``nn.PixelShuffle`` channel
+order: input channel ``c * r * r + i * r + j`` goes to output channel ``c`` at row ``h * r + i``,
+column ``w * r + j``. A pure reshape / transpose (fast both ways under XLA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+from jax import lax
 
 __all__ = [
     "ACTIVATIONS",
+    "Conv",
+    "SMALL_SPATIAL_MAX",
     "activation",
+    "conv_general_dilated",
     "avg_pool_2x2",
     "global_avg_pool",
     "max_pool_2x2",
     "max_pool_3x3_s2",
+    "pixel_shuffle",
     "pool_2x2",
 ]
 
@@ -140,3 +164,96 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
     """Mean over the spatial axes: (..., H, W, C) -> (..., C)."""
     _check_spatial(x, "global_avg_pool", 1)
     return jnp.mean(x, axis=(-3, -2))
+
+
+# ----------------------------------------------------------------------------- upsampling
+
+
+def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
+    """Depth-to-space: (..., H, W, C*r*r) -> (..., H*r, W*r, C), PyTorch ``PixelShuffle`` order
+    (input channel ``c*r*r + i*r + j`` -> output channel ``c`` at ``(h*r + i, w*r + j)``)."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"pixel_shuffle factor r must be a positive int, got {r!r}")
+    if x.ndim < 3:
+        raise ValueError(f"pixel_shuffle expects (..., H, W, C) inputs, got shape {x.shape}")
+    *lead, h, w, cr = x.shape
+    if cr % (r * r):
+        raise ValueError(f"pixel_shuffle: channels {cr} not divisible by r*r = {r * r}")
+    c = cr // (r * r)
+    n = len(lead)
+    y = x.reshape(*lead, h, w, c, r, r)
+    # (..., h, w, c, i, j) -> (..., h, i, w, j, c)
+    y = jnp.transpose(y, (*range(n), n, n + 3, n + 1, n + 4, n + 2))
+    return y.reshape(*lead, h * r, w * r, c)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+SMALL_SPATIAL_MAX = 9  # input H * W at or below which convs run as im2col + matmul (<= 3x3 maps)
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def _all_ones(values: Sequence[int] | None) -> bool:
+    return values is None or all(v == 1 for v in values)
+
+
+def _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type):
+    """NHWC x HWIO conv as patches @ kernel. pads: ((top, bottom), (left, right))."""
+    n, h, w, c = lhs.shape
+    kh, kw, _, out = rhs.shape
+    (pt, pb), (pl, pr) = pads
+    sh, sw = strides
+    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv output would be empty: input {lhs.shape}, kernel {rhs.shape}")
+    # Negative padding (cropping) is allowed by lax; lax.pad handles both signs.
+    xp = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    patches = [xp[:, i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw, :]
+               for i in range(kh) for j in range(kw)]
+    cols = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
+    return jnp.einsum("nhwk,ko->nhwo", cols, rhs.reshape(kh * kw * c, out), precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, out_sharding=None):
+    """``jax.lax.conv_general_dilated`` with an im2col fast path for tiny NHWC inputs.
+
+    Used when the conv is 2-D NHWC/HWIO (as ``nnx.Conv`` builds it), undilated, ungrouped, and the
+    input map has ``H * W <= SMALL_SPATIAL_MAX``; otherwise this is ``lax.conv_general_dilated``.
+    """
+    fast = (
+        lhs.ndim == 4 and rhs.ndim == 4
+        and _small_spatial(lhs.shape)
+        and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
+        and feature_group_count == 1 and batch_group_count == 1
+        and out_sharding is None
+        and (dimension_numbers == _NHWC
+             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+    )
+    if fast:
+        strides = tuple(window_strides)
+        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+                if isinstance(padding, str) else tuple(tuple(p) for p in padding))
+        return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+    kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type, **kwargs)
+
+
+def _small_spatial(shape: Sequence[int]) -> bool:
+    """Whether an NHWC input of this shape takes the im2col path."""
+    return shape[1] * shape[2] <= SMALL_SPATIAL_MAX
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` whose convolution is ``conv_general_dilated`` above (same parameters, same
+    results; fast on tiny feature maps). Any ``nnx.Conv`` argument is accepted."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("conv_general_dilated", conv_general_dilated)
+        super().__init__(*args, **kwargs)

@@ -7,12 +7,15 @@ error, and the previous step is tried.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -57,3 +60,24 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_best_state(workdir: str | os.PathLike, make_state: Callable[[ml_collections.ConfigDict, int], Any]):
+  """(config, train state holding the best-on-validation parameters, class names) of a training
+  workdir. `make_state(config, num_classes)` builds a state of the right structure; it is only
+  traced for shapes (`jax.eval_shape`), since the restore fills every array."""
+  workdir = Path(workdir)
+  for name in ("config.json", "class_names.json"):
+    if not (workdir / name).is_file():
+      raise FileNotFoundError(f"{workdir / name}: missing; is {workdir} a training workdir?")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  class_names = tuple(json.loads((workdir / "class_names.json").read_text()))
+  state = jax.eval_shape(lambda: make_state(config, len(class_names)))
+  best = {"params": state.params, "model_state": state.model_state}
+  checkpointer = Checkpointer(workdir / "checkpoints")
+  restored = checkpointer.restore_latest(state, best)
+  checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no readable checkpoint")
+  _, state, best, _ = restored
+  return config, state.replace(params=best["params"], model_state=best["model_state"]), class_names

@@ -99,7 +99,7 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
   base_key = jax.random.key(config.seed)
 
   state = sharding.replicate(state, mesh)
-  best = {"params": state.params, "model_state": state.model_state}
+  best = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
   record = {"epochs_done": 0, "best_value": None, "best_epoch": -1, "bad_epochs": 0,
             "history": [], "stopped_early": False, "finished": False}
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
@@ -170,7 +170,8 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
     record["history"].append(epoch_record)
     if _improved(value, record["best_value"], config.selection_mode, config.min_delta):
       record.update(best_value=value, best_epoch=epoch, bad_epochs=0)
-      best = {"params": state.params, "model_state": state.model_state}
+      # A copy: train steps may donate (and so delete) the state's buffers.
+      best = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
     else:
       record["bad_epochs"] += 1
     writer.write({"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]})

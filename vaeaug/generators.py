@@ -1,0 +1,207 @@
+"""Autoencoder (DAE, VAE, CVAE) training on the shared loop (`vaeaug.training.loop.fit`).
+
+The generator of a comparison cell is trained on that cell's real training subset only, with
+model selection on the validation split (lowest validation loss: the negative ELBO for the VAE and
+CVAE, the denoising reconstruction loss for the DAE). `train_generator(config, workdir, data)`
+writes `metrics.jsonl`, checkpoints, `generator_metrics.json` and figures; `restore_generator`
+loads the best-on-validation model back for synthesis and evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vaeaug.data import pipeline
+from vaeaug.models import autoencoders, noise as noise_lib
+from vaeaug.training import checkpoints, loop, sharding
+from vaeaug.training.state import TrainState, create_train_state, make_optimizer, make_schedule, split_model
+
+MODEL_OPTIONS = ("latent_dim", "channels", "upsample", "likelihood", "learned_scale")
+
+
+def noise_config(config) -> noise_lib.NoiseConfig:
+  return noise_lib.NoiseConfig(kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p,
+                               mask_fraction=config.noise.mask_fraction)
+
+
+def create_model(config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+  options = {name: config[name] for name in MODEL_OPTIONS if config.get(name) is not None}
+  if "channels" in options:
+    options["channels"] = tuple(options["channels"])
+  return autoencoders.create_autoencoder(config.model, image_size=config.image_size, num_classes=num_classes,
+                                         rngs=rngs, **options)
+
+
+def create_generator_state(config, num_classes: int, steps_per_epoch: int) -> TrainState:
+  model = create_model(config, num_classes, nnx.Rngs(params=config.seed))
+  schedule = make_schedule(config.schedule, config.learning_rate, steps_per_epoch * config.epochs,
+                           warmup_steps=round(config.warmup_epochs * steps_per_epoch))
+  tx = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay, momentum=config.momentum,
+                      nesterov=config.nesterov, grad_clip_norm=config.grad_clip_norm)
+  return create_train_state(model, tx)
+
+
+def _log_scale(model):
+  scale = getattr(model, "log_scale", None)
+  return None if scale is None else scale[...]
+
+
+def losses(model, images, labels, key, *, train: bool, beta, noise: noise_lib.NoiseConfig):
+  """Per-example loss terms (nats per image). DAE: reconstruct clean images from corrupted ones.
+  VAE/CVAE: one-sample negative ELBO with the KL weighted by `beta`."""
+  labels = labels if model.conditional else None
+  if model.kind == "dae":
+    noise_key, _ = jax.random.split(key)
+    noisy = noise_lib.corrupt(images, noise_key, noise)
+    code, _ = model.encode(noisy, train=train)
+    nll = autoencoders.reconstruction_nll(model.decode(code, train=train), images, model.likelihood,
+                                          _log_scale(model))
+    return {"loss": nll, "nll": nll}
+  mean, logvar = model.encode(images, train=train, labels=labels)
+  z = autoencoders.reparameterize(mean, logvar, key)
+  nll = autoencoders.reconstruction_nll(model.decode(z, train=train, labels=labels), images, model.likelihood,
+                                        _log_scale(model))
+  kl = autoencoders.kl_divergence(mean, logvar)
+  return {"loss": nll + beta * kl, "nll": nll, "kl": kl, "negative_elbo": nll + kl}
+
+
+def train_step(state: TrainState, batch, base_key, *, beta: float, warmup_steps: int, noise):
+  key = jax.random.fold_in(base_key, state.step)
+  images = pipeline.to_float(batch["image"], "unit")
+  beta_t = autoencoders.beta_schedule(state.step, beta=beta, warmup_steps=warmup_steps)
+  model = state.model()
+
+  def loss_fn(model):
+    terms = losses(model, images, batch["label"], key, train=True, beta=beta_t, noise=noise)
+    return terms["loss"].mean(), terms
+
+  (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  _, model_state = split_model(model)
+  metrics = {name: value.mean() for name, value in terms.items()}
+  metrics["beta"] = jnp.asarray(beta_t, jnp.float32)
+  return state.apply_gradients(grads, model_state), metrics
+
+
+def eval_step(state: TrainState, images, labels, key, *, noise):
+  """Per-example validation terms with the true ELBO (beta = 1) and reconstruction errors."""
+  model = state.model()
+  x = pipeline.to_float(images, "unit")
+  terms = losses(model, x, labels, key, train=False, beta=1.0, noise=noise)
+  reconstruction = model.reconstruct(x, train=False, labels=labels if model.conditional else None)
+  squared = jnp.mean((reconstruction - x) ** 2, axis=(1, 2, 3))
+  return {**terms, "mse": squared, "psnr": -10.0 * jnp.log10(jnp.maximum(squared, 1e-10))}
+
+
+def evaluate_dataset(eval_fn, state, dataset: pipeline.ArrayDataset, batch_size: int, mesh, seed: int = 0) -> dict:
+  """Means over `dataset` of the per-example terms (a fixed key per batch: deterministic)."""
+  batch_size = max(mesh.devices.size, batch_size - batch_size % mesh.devices.size)
+  sums, count = {}, 0
+  for index, batch in enumerate(pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False,
+                                                       remainder="pad")):
+    arrays = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    terms = jax.device_get(eval_fn(state, arrays["image"], arrays["label"], key))
+    mask = batch["mask"]
+    for name, values in terms.items():
+      sums[name] = sums.get(name, 0.0) + float(np.asarray(values)[mask].sum())
+    count += int(mask.sum())
+  return {name: total / count for name, total in sums.items()}
+
+
+@dataclasses.dataclass
+class Data:
+  train: pipeline.ArrayDataset
+  validation: pipeline.ArrayDataset
+
+  @property
+  def class_names(self):
+    return self.train.class_names
+
+
+def load_data(config) -> Data:
+  """The real training split (or its `n_per_class` subsample, the same images the classifier of
+  the same seed sees) and the validation split. Test is never read here."""
+  train = pipeline.load_split(config.dataset, "train", data_dir=config.data_dir, image_size=config.image_size)
+  validation = pipeline.load_split(config.dataset, "validation", data_dir=config.data_dir,
+                                   image_size=config.image_size)
+  if config.n_per_class is not None:
+    train = pipeline.subsample(train, config.n_per_class, config.seed if config.data_seed is None else config.data_seed)
+  return Data(train=train, validation=validation)
+
+
+def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None) -> dict:
+  """Train a DAE / VAE / CVAE with model selection on validation; returns (and writes) its summary."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  data = data or load_data(config)
+  num_classes = len(data.class_names)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json(indent=1) + "\n")
+    (workdir / "class_names.json").write_text(json.dumps(list(data.class_names)) + "\n")
+  mesh = sharding.make_mesh(config.num_devices)
+  devices = mesh.devices.size
+  batch_size = min(config.batch_size, len(data.train) - len(data.train) % devices)
+  steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
+  state = create_generator_state(config, num_classes, steps_per_epoch)
+  noise = noise_config(config)
+
+  step_fn = jax.jit(functools.partial(
+      train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * steps_per_epoch), noise=noise),
+      donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, noise=noise))
+
+  def evaluate(state):
+    return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, mesh, seed=config.seed)
+
+  loop_config = loop.LoopConfig(
+      epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+      selection_metric="loss", selection_mode="min", patience=config.patience, min_delta=config.min_delta,
+      progress=config.progress)
+  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
+  validation = evaluate(result.state)
+  train_rates = [r["img_per_s"] for r in _read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"]
+  summary = {
+      "model": config.model, "dataset": config.dataset, "image_size": config.image_size, "seed": config.seed,
+      "n_per_class": config.n_per_class, "train_size": len(data.train), "class_names": list(data.class_names),
+      "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+      "validation": validation,
+      "validation_bits_per_dim": validation.get("negative_elbo", validation["nll"]) / (
+          config.image_size ** 2 * 3 * np.log(2)),
+      # Median over log intervals after the first (which includes compilation).
+      "train_img_per_s": float(np.median(train_rates[1:])) if len(train_rates) > 1 else None,
+      "steps": result.steps, "seconds": round(time.perf_counter() - start, 1),
+  }
+  if jax.process_index() == 0:
+    (workdir / "generator_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if config.figures:
+      from vaeaug import generator_figures  # matplotlib only when figures are asked for
+      generator_figures.write_generator_figures(workdir, result.state, data, config)
+  return summary
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def restore_state(workdir: str | Path):
+  """(config, train state with the best-on-validation parameters, class names) of a generator workdir."""
+  return checkpoints.restore_best_state(
+      workdir, lambda config, num_classes: create_generator_state(config, num_classes, steps_per_epoch=1))
+
+
+def restore_generator(workdir: str | Path):
+  """(config, best-on-validation model, class names) of a generator workdir."""
+  config, state, class_names = restore_state(workdir)
+  return config, state.model(), class_names
