@@ -36,7 +36,10 @@ BN / activation). Upsampling (``upsample=``):
   backward pass (a strided / dilated convolution) is slow under XLA on CPU - prefer the others
   there.
 
-Convolutions followed by BatchNorm have no bias; BN momentum 0.9 (= PyTorch 0.1), eps 1e-5, as
+Every ``nnx.Conv`` computes with ``layers.conv_fast``: im2col + matmul on output maps of at most
+4x4 pixels (XLA's CPU convolution takes seconds for a 3x3 conv on 2x2 maps with 512+ channels),
+the XLA convolution elsewhere - same results, same parameters. Convolutions followed by
+BatchNorm have no bias; BN momentum 0.9 (= PyTorch 0.1), eps 1e-5, as
 in ``classifiers.models``. ``train=True`` normalises with batch statistics and updates the
 running averages (``nnx.BatchStat``); ``train=False`` uses the running averages.
 
@@ -219,6 +222,9 @@ def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 
 _default_kernel_init = nnx.initializers.lecun_normal()
+# im2col + matmul on maps of <= 4x4 output pixels, XLA conv otherwise (XLA's CPU conv is
+# ~100x slower on 2x2 maps with many channels; see vaeaug.models.layers)
+_CONV = layers.conv_fast
 
 
 def _icnr_init(scale: int = 2, base_init=_default_kernel_init):
@@ -242,10 +248,11 @@ class UpBlock(nnx.Module):
         self.mode = mode
         self.resize_method = resize_method
         if mode == "subpixel":
-            self.conv = nnx.Conv(in_features, 4 * out_features, (3, 3), padding="SAME", use_bias=False,
-                                 kernel_init=_icnr_init(2), rngs=rngs)
+            self.conv = layers.Conv(in_features, 4 * out_features, (3, 3), padding="SAME", use_bias=False,
+                                 kernel_init=_icnr_init(2), conv_general_dilated=_CONV, rngs=rngs)
         elif mode == "resize":
-            self.conv = nnx.Conv(in_features, out_features, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+            self.conv = layers.Conv(in_features, out_features, (3, 3), padding="SAME", use_bias=False,
+                                 conv_general_dilated=_CONV, rngs=rngs)
         else:
             self.conv = nnx.ConvTranspose(in_features, out_features, (3, 3), strides=(2, 2), padding="SAME",
                                           use_bias=False, rngs=rngs)
@@ -339,7 +346,8 @@ class Autoencoder(nnx.Module):
         convs, norms = [], []
         cin = IN_CHANNELS + extra
         for c in channels:
-            convs.append(nnx.Conv(cin, c, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, rngs=rngs))
+            convs.append(layers.Conv(cin, c, (3, 3), strides=(2, 2), padding="SAME", use_bias=False,
+                                  conv_general_dilated=_CONV, rngs=rngs))
             norms.append(_bn(c, rngs))
             cin = c
         self.enc_convs = nnx.List(convs)
@@ -356,7 +364,8 @@ class Autoencoder(nnx.Module):
             blocks.append(UpBlock(cin, c, mode=upsample, resize_method=resize_method, rngs=rngs))
             cin = c
         self.dec_blocks = nnx.List(blocks)
-        self.dec_out = nnx.Conv(cin, IN_CHANNELS, (3, 3), padding="SAME", use_bias=True, rngs=rngs)
+        self.dec_out = layers.Conv(cin, IN_CHANNELS, (3, 3), padding="SAME", use_bias=True,
+                                conv_general_dilated=_CONV, rngs=rngs)
 
         if likelihood == "gaussian" and learned_scale:
             self.log_scale = nnx.Param(jnp.asarray(math.log(self.fixed_scale), jnp.float32))
