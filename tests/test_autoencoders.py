@@ -82,6 +82,20 @@ def test_pixel_shuffle_bad_args():
         layers.pixel_shuffle(jnp.zeros((1, 2, 2, 4)), 0)
 
 
+@pytest.mark.parametrize("size, stride, padding", [
+    (2, 1, "SAME"), (4, 2, "SAME"), (5, 2, "SAME"), (5, 1, "VALID"), (4, 1, ((1, 0), (2, 1))), (8, 1, "SAME"),
+])
+def test_conv_fast_matches_xla(size, stride, padding):
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    w = np.random.default_rng(1).normal(size=(3, 3, 3, 4)).astype(np.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    ref = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn,
+                                       precision="highest")
+    got = layers.conv_fast(jnp.asarray(x), jnp.asarray(w), (stride, stride), padding, dimension_numbers=dn,
+                           precision="highest")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
 def test_subpixel_icnr_init_is_nearest_neighbour_upsampling():
     block = ae.UpBlock(8, 8, mode="subpixel", resize_method="nearest", rngs=nnx.Rngs(key(0)))
     x = jax.random.normal(key(1), (1, 4, 4, 8))

@@ -36,11 +36,12 @@ BN / activation). Upsampling (``upsample=``):
   backward pass (a strided / dilated convolution) is slow under XLA on CPU - prefer the others
   there.
 
-Every ``nnx.Conv`` computes with ``layers.conv_fast``: im2col + matmul on output maps of at most
-4x4 pixels (XLA's CPU convolution takes seconds for a 3x3 conv on 2x2 maps with 512+ channels),
-the XLA convolution elsewhere - same results, same parameters. Convolutions followed by
-BatchNorm have no bias; BN momentum 0.9 (= PyTorch 0.1), eps 1e-5, as
-in ``classifiers.models``. ``train=True`` normalises with batch statistics and updates the
+Convolutions are ``layers.Conv`` (an ``nnx.Conv``: same parameters) computing with
+``layers.conv_fast``: im2col + matmul when the output map has at most 4x4 pixels (XLA's CPU
+convolution takes seconds for a 3x3 conv on 2x2 maps with 512+ channels), the XLA convolution
+elsewhere - same results up to float rounding. ``upsample="transpose"``'s ``nnx.ConvTranspose``
+has no such path. Convolutions followed by BatchNorm have no bias; BN momentum 0.9 (= PyTorch
+0.1), eps 1e-5, as in ``classifiers.models``. ``train=True`` normalises with batch statistics and updates the
 running averages (``nnx.BatchStat``); ``train=False`` uses the running averages.
 
 Conditioning (CVAE, or ``VAE(num_classes=K >= 2)``): the label's one-hot vector is appended to
@@ -249,10 +250,10 @@ class UpBlock(nnx.Module):
         self.resize_method = resize_method
         if mode == "subpixel":
             self.conv = layers.Conv(in_features, 4 * out_features, (3, 3), padding="SAME", use_bias=False,
-                                 kernel_init=_icnr_init(2), conv_general_dilated=_CONV, rngs=rngs)
+                                    kernel_init=_icnr_init(2), conv_general_dilated=_CONV, rngs=rngs)
         elif mode == "resize":
             self.conv = layers.Conv(in_features, out_features, (3, 3), padding="SAME", use_bias=False,
-                                 conv_general_dilated=_CONV, rngs=rngs)
+                                    conv_general_dilated=_CONV, rngs=rngs)
         else:
             self.conv = nnx.ConvTranspose(in_features, out_features, (3, 3), strides=(2, 2), padding="SAME",
                                           use_bias=False, rngs=rngs)
@@ -347,7 +348,7 @@ class Autoencoder(nnx.Module):
         cin = IN_CHANNELS + extra
         for c in channels:
             convs.append(layers.Conv(cin, c, (3, 3), strides=(2, 2), padding="SAME", use_bias=False,
-                                  conv_general_dilated=_CONV, rngs=rngs))
+                                     conv_general_dilated=_CONV, rngs=rngs))
             norms.append(_bn(c, rngs))
             cin = c
         self.enc_convs = nnx.List(convs)
@@ -365,7 +366,7 @@ class Autoencoder(nnx.Module):
             cin = c
         self.dec_blocks = nnx.List(blocks)
         self.dec_out = layers.Conv(cin, IN_CHANNELS, (3, 3), padding="SAME", use_bias=True,
-                                conv_general_dilated=_CONV, rngs=rngs)
+                                   conv_general_dilated=_CONV, rngs=rngs)
 
         if likelihood == "gaussian" and learned_scale:
             self.log_scale = nnx.Param(jnp.asarray(math.log(self.fixed_scale), jnp.float32))

@@ -46,6 +46,11 @@ Upsampling
 ``(..., H, W, C * r * r) -> (..., H * r, W * r, C)`` with PyTorch's ``nn.PixelShuffle`` channel
 order: input channel ``c * r * r + i * r + j`` goes to output channel ``c`` at row ``h * r + i``,
 column ``w * r + j``. A pure reshape / transpose (fast both ways under XLA).
+
+``conv_fast`` is ``conv_general_dilated`` with the im2col path also taken when the conv's OUTPUT
+map has at most ``IM2COL_MAX_OUTPUT_PIXELS`` (16) pixels - e.g. a stride-2 conv from a 4x4 to a
+2x2 map (256 -> 512 channels, batch 64: ~0.36 s forward + backward in XLA vs ~0.012 s as im2col),
+the last encoder stage of the autoencoders. Use as ``Conv(..., conv_general_dilated=conv_fast)``.
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ from jax import lax
 __all__ = [
     "ACTIVATIONS",
     "Conv",
+    "IM2COL_MAX_OUTPUT_PIXELS",
     "SMALL_SPATIAL_MAX",
     "activation",
+    "conv_fast",
     "conv_general_dilated",
     "avg_pool_2x2",
     "global_avg_pool",
@@ -257,3 +264,37 @@ class Conv(nnx.Conv):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("conv_general_dilated", conv_general_dilated)
         super().__init__(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- small-map convs
+
+IM2COL_MAX_OUTPUT_PIXELS = 16  # conv_fast: output H * W at or below which convs run as im2col
+
+
+def conv_fast(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+              precision=None, preferred_element_type=None, out_sharding=None):
+    """``conv_general_dilated`` whose im2col path is also taken when the output map has at most
+    ``IM2COL_MAX_OUTPUT_PIXELS`` pixels (same conditions otherwise: 2-D NHWC / HWIO, undilated,
+    ungrouped). Same result as ``lax.conv_general_dilated`` up to float rounding."""
+    plain = (
+        lhs.ndim == 4 and rhs.ndim == 4
+        and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
+        and feature_group_count == 1 and batch_group_count == 1
+        and out_sharding is None
+        and (dimension_numbers == _NHWC
+             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+    )
+    if plain:
+        strides = tuple(window_strides)
+        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+                if isinstance(padding, str) else tuple(tuple(p) for p in padding))
+        oh = (lhs.shape[1] + pads[0][0] + pads[0][1] - rhs.shape[0]) // strides[0] + 1
+        ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
+        if oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS:
+            return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+    return conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                feature_group_count=feature_group_count,
+                                batch_group_count=batch_group_count, precision=precision,
+                                preferred_element_type=preferred_element_type, out_sharding=out_sharding)
