@@ -177,8 +177,9 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
       "n_per_class": config.n_per_class, "train_size": len(data.train), "class_names": list(data.class_names),
       "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
       "validation": validation,
-      "validation_bits_per_dim": validation.get("negative_elbo", validation["nll"]) / (
-          config.image_size ** 2 * 3 * np.log(2)),
+      # Only the VAEs bound a likelihood; a DAE's denoising loss is no ELBO.
+      "validation_bits_per_dim": (validation["negative_elbo"] / (config.image_size ** 2 * 3 * np.log(2))
+                                  if "negative_elbo" in validation else None),
       # Median over log intervals after the first (which includes compilation).
       "train_img_per_s": float(np.median(train_rates[1:])) if len(train_rates) > 1 else None,
       "steps": result.steps, "seconds": round(time.perf_counter() - start, 1),
