@@ -161,13 +161,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   start = time.perf_counter()
   data = data or load_data(config)
   num_classes = len(data.class_names)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json(indent=1) + "\n")
-    (workdir / "class_names.json").write_text(json.dumps(list(data.class_names)) + "\n")
+  checkpoints.write_run_files(workdir, config, data.class_names)
   mesh = sharding.make_mesh(config.num_devices)
-  devices = mesh.devices.size
-  # Small subsets (n_per_class * classes < batch) train on whole-set batches.
-  batch_size = min(config.batch_size, len(data.train) - len(data.train) % devices)
+  batch_size = loop.fitting_batch_size(config.batch_size, len(data.train), mesh)
   steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
   state = create_train_state_for(config, num_classes, steps_per_epoch)
   weights = class_weights(config.class_weights, data.train.labels, num_classes)
@@ -186,11 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
     scalars["loss"] = weighted_log_loss(data.validation.labels, probabilities, np.ones(num_classes))
     return scalars
 
-  loop_config = loop.LoopConfig(
-      epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
-      checkpoint_every_steps=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
-      selection_metric=config.selection_metric, selection_mode=config.selection_mode, patience=config.patience,
-      min_delta=config.min_delta, progress=config.progress)
+  loop_config = loop.LoopConfig.from_config(config, batch_size, config.selection_metric, config.selection_mode)
   result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
 
   # Threshold from validation; test scored once, with the best-on-validation parameters.

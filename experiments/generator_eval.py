@@ -10,7 +10,6 @@ the real test split.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import jax

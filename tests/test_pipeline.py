@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from vaeaug.data import pipeline as P
 from vaeaug.data.pipeline import (

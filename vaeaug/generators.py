@@ -146,12 +146,9 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   start = time.perf_counter()
   data = data or load_data(config)
   num_classes = len(data.class_names)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json(indent=1) + "\n")
-    (workdir / "class_names.json").write_text(json.dumps(list(data.class_names)) + "\n")
+  checkpoints.write_run_files(workdir, config, data.class_names)
   mesh = sharding.make_mesh(config.num_devices)
-  devices = mesh.devices.size
-  batch_size = min(config.batch_size, len(data.train) - len(data.train) % devices)
+  batch_size = loop.fitting_batch_size(config.batch_size, len(data.train), mesh)
   steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
   state = create_generator_state(config, num_classes, steps_per_epoch)
   noise = noise_config(config)
@@ -164,11 +161,8 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   def evaluate(state):
     return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, mesh, seed=config.seed)
 
-  loop_config = loop.LoopConfig(
-      epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
-      checkpoint_every_steps=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
-      selection_metric="loss", selection_mode="min", patience=config.patience, min_delta=config.min_delta,
-      progress=config.progress)
+  # Lowest validation loss: the negative ELBO (VAE, CVAE) or the denoising loss (DAE).
+  loop_config = loop.LoopConfig.from_config(config, batch_size, "loss", "min")
   result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
   validation = evaluate(result.state)
   train_rates = [r["img_per_s"] for r in _read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"]

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 

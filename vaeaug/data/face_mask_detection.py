@@ -16,7 +16,6 @@ a bad annotation or photo skips that photo, a bad box or unknown label skips tha
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np

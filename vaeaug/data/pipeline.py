@@ -585,8 +585,6 @@ def load_split(
       cache: read/write the ``.npz`` cache (see module docstring).
       cache_dir: cache directory (default ``<data_dir>/_vaeaug_cache``).
     """
-    import tensorflow_datasets as tfds  # deferred: slow import
-
     if fit not in _FITS:
         raise ValueError(f"unknown fit {fit!r}; choose from {_FITS}")
     if method not in _RESAMPLE:

@@ -62,6 +62,13 @@ class Checkpointer:
     self._manager.close()
 
 
+def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, class_names) -> None:
+  """The files `restore_best_state` reads back: the resolved config and the class names."""
+  if jax.process_index() == 0:
+    Path(workdir, "config.json").write_text(config.to_json(indent=1) + "\n")
+    Path(workdir, "class_names.json").write_text(json.dumps(list(class_names)) + "\n")
+
+
 def restore_best_state(workdir: str | os.PathLike, make_state: Callable[[ml_collections.ConfigDict, int], Any]):
   """(config, train state holding the best-on-validation parameters, class names) of a training
   workdir. `make_state(config, num_classes)` builds a state of the right structure; it is only

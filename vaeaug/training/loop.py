@@ -55,6 +55,22 @@ class LoopConfig:
       raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
 
+  @classmethod
+  def from_config(cls, config, batch_size: int, selection_metric: str, selection_mode: str) -> "LoopConfig":
+    """From an experiment config (experiments/configs/default.py fields)."""
+    return cls(epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
+               checkpoint_every_steps=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+               selection_metric=selection_metric, selection_mode=selection_mode, patience=config.patience,
+               min_delta=config.min_delta, progress=config.progress)
+
+
+def fitting_batch_size(requested: int, num_examples: int, mesh) -> int:
+  """The requested global batch, shrunk for small training sets (n_per_class * classes < batch)
+  to the largest multiple of the device count that fits."""
+  devices = mesh.devices.size
+  return min(requested, num_examples - num_examples % devices)
+
+
 @dataclasses.dataclass
 class FitResult:
   state: object                        # train state holding the best-on-validation parameters
