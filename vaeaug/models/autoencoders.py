@@ -37,7 +37,7 @@ BN / activation). Upsampling (``upsample=``):
   there.
 
 Convolutions are ``layers.Conv`` (an ``nnx.Conv``: same parameters) computing with
-``layers.conv_fast``: im2col + matmul when the output map has at most 4x4 pixels (XLA's CPU
+``layers.conv_general_dilated``: im2col + matmul when the output map has at most 4x4 pixels (XLA's CPU
 convolution takes seconds for a 3x3 conv on 2x2 maps with 512+ channels), the XLA convolution
 elsewhere - same results up to float rounding. ``upsample="transpose"``'s ``nnx.ConvTranspose``
 has no such path. Convolutions followed by BatchNorm have no bias; BN momentum 0.9 (= PyTorch
@@ -225,7 +225,7 @@ def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 _default_kernel_init = nnx.initializers.lecun_normal()
 # im2col + matmul on maps of <= 4x4 output pixels, XLA conv otherwise (XLA's CPU conv is
 # ~100x slower on 2x2 maps with many channels; see vaeaug.models.layers)
-_CONV = layers.conv_fast
+_CONV = layers.conv_general_dilated
 
 
 def _icnr_init(scale: int = 2, base_init=_default_kernel_init):

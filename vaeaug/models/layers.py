@@ -47,10 +47,9 @@ Upsampling
 order: input channel ``c * r * r + i * r + j`` goes to output channel ``c`` at row ``h * r + i``,
 column ``w * r + j``. A pure reshape / transpose (fast both ways under XLA).
 
-``conv_fast`` is ``conv_general_dilated`` with the im2col path also taken when the conv's OUTPUT
-map has at most ``IM2COL_MAX_OUTPUT_PIXELS`` (16) pixels - e.g. a stride-2 conv from a 4x4 to a
-2x2 map (256 -> 512 channels, batch 64: ~0.36 s forward + backward in XLA vs ~0.012 s as im2col),
-the last encoder stage of the autoencoders. Use as ``Conv(..., conv_general_dilated=conv_fast)``.
+The im2col path is also taken when the conv's OUTPUT map has at most ``IM2COL_MAX_OUTPUT_PIXELS``
+(16) pixels - e.g. a stride-2 conv from a 4x4 to a 2x2 map (256 -> 512 channels, batch 64: ~0.36 s
+forward + backward in XLA vs ~0.012 s as im2col), the last encoder stage of the autoencoders.
 """
 
 from __future__ import annotations
@@ -68,7 +67,6 @@ __all__ = [
     "IM2COL_MAX_OUTPUT_PIXELS",
     "SMALL_SPATIAL_MAX",
     "activation",
-    "conv_fast",
     "conv_general_dilated",
     "avg_pool_2x2",
     "global_avg_pool",
@@ -197,6 +195,7 @@ def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
 # ----------------------------------------------------------------------------- convolution
 
 SMALL_SPATIAL_MAX = 9  # input H * W at or below which convs run as im2col + matmul (<= 3x3 maps)
+IM2COL_MAX_OUTPUT_PIXELS = 16  # also when the output H * W is at most this (e.g. a stride-2 4x4 -> 2x2)
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -228,22 +227,25 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """``jax.lax.conv_general_dilated`` with an im2col fast path for tiny NHWC inputs.
 
     Used when the conv is 2-D NHWC/HWIO (as ``nnx.Conv`` builds it), undilated, ungrouped, and the
-    input map has ``H * W <= SMALL_SPATIAL_MAX``; otherwise this is ``lax.conv_general_dilated``.
+    input map has ``H * W <= SMALL_SPATIAL_MAX`` or the output map at most
+    ``IM2COL_MAX_OUTPUT_PIXELS`` pixels; otherwise this is ``lax.conv_general_dilated``.
     """
-    fast = (
+    plain = (
         lhs.ndim == 4 and rhs.ndim == 4
-        and _small_spatial(lhs.shape)
         and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
         and feature_group_count == 1 and batch_group_count == 1
         and out_sharding is None
         and (dimension_numbers == _NHWC
              or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
     )
-    if fast:
+    if plain:
         strides = tuple(window_strides)
         pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
                 if isinstance(padding, str) else tuple(tuple(p) for p in padding))
-        return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+        oh = (lhs.shape[1] + pads[0][0] + pads[0][1] - rhs.shape[0]) // strides[0] + 1
+        ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
+        if _small_spatial(lhs.shape) or (oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS):
+            return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
     kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -264,37 +266,3 @@ class Conv(nnx.Conv):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("conv_general_dilated", conv_general_dilated)
         super().__init__(*args, **kwargs)
-
-
-# ----------------------------------------------------------------------------- small-map convs
-
-IM2COL_MAX_OUTPUT_PIXELS = 16  # conv_fast: output H * W at or below which convs run as im2col
-
-
-def conv_fast(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-              precision=None, preferred_element_type=None, out_sharding=None):
-    """``conv_general_dilated`` whose im2col path is also taken when the output map has at most
-    ``IM2COL_MAX_OUTPUT_PIXELS`` pixels (same conditions otherwise: 2-D NHWC / HWIO, undilated,
-    ungrouped). Same result as ``lax.conv_general_dilated`` up to float rounding."""
-    plain = (
-        lhs.ndim == 4 and rhs.ndim == 4
-        and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
-        and feature_group_count == 1 and batch_group_count == 1
-        and out_sharding is None
-        and (dimension_numbers == _NHWC
-             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
-    )
-    if plain:
-        strides = tuple(window_strides)
-        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-                if isinstance(padding, str) else tuple(tuple(p) for p in padding))
-        oh = (lhs.shape[1] + pads[0][0] + pads[0][1] - rhs.shape[0]) // strides[0] + 1
-        ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
-        if oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS:
-            return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
-    return conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                feature_group_count=feature_group_count,
-                                batch_group_count=batch_group_count, precision=precision,
-                                preferred_element_type=preferred_element_type, out_sharding=out_sharding)
