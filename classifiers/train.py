@@ -154,8 +154,13 @@ def load_data(config) -> Data:
   return Data(train=train, validation=splits["validation"], test=splits["test"])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None) -> dict:
-  """Train, select on validation, score test once; returns (and writes) the test metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None, *,
+                       score_test: bool = True) -> dict:
+  """Train, select on validation, score test once; returns (and writes) the test metrics.
+
+  `score_test=False` stops after validation (summary `test` is None): for candidates of a choice made on
+  validation, so that only the chosen one ever reads the test split.
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
@@ -190,11 +195,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   threshold = 0.5
   if num_classes == 2:
     threshold, _ = metrics_lib.best_threshold(data.validation.labels, val_probabilities[:, 1], config.threshold_metric)
-  test_probabilities = predict_probabilities(predict_fn, result.state, data.test, config.eval_batch_size, mesh)
-  test = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=threshold,
-                                            class_names=data.class_names)
-  test_at_half = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=0.5,
-                                                    class_names=data.class_names)
+  test = test_at_half = test_probabilities = None
+  if score_test:
+    test_probabilities = predict_probabilities(predict_fn, result.state, data.test, config.eval_batch_size, mesh)
+    test = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=threshold,
+                                              class_names=data.class_names)
+    test_at_half = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=0.5,
+                                                      class_names=data.class_names)
   validation = metrics_lib.classification_metrics(data.validation.labels, val_probabilities, threshold=threshold,
                                                   class_names=data.class_names)
   summary = {
@@ -205,7 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
       "threshold": threshold, "test": test, "test_at_threshold_0.5": test_at_half, "validation": validation,
       "steps": result.steps, "seconds": round(time.perf_counter() - start, 1),
   }
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not score_test:
+    (workdir / "validation_metrics.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+  elif jax.process_index() == 0:
     (workdir / "test_metrics.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
     np.savez(workdir / "test_predictions.npz", probabilities=test_probabilities, labels=data.test.labels)
     if config.figures:

@@ -1,0 +1,155 @@
+r"""The comparison sweep: classifiers trained with and without autoencoder augmentation.
+
+  python -m experiments.compare                                   # preset "default", below
+  python -m experiments.compare --config=experiments/configs/compare.py:full
+  python -m experiments.compare --config=experiments/configs/compare.py:gpu --workdir=/gcs/or/local/dir
+  python -m experiments.compare --config.num_seeds=10 --config.arms='("none","classic","dae")'
+
+A cell is (dataset, n_per_class, arm, seed). For one (dataset, n_per_class, seed) every arm sees the
+same real training subset (stratified, nested over n_per_class), the same classifier initialisation
+and the same data order, so arms are compared *paired by seed*. A generator (DAE, VAE, CVAE) is
+trained on exactly that real subset (never on validation or test) and shared by the arms using it.
+
+Presets (2-core CPU figures measured with the commands above; see experiments/results/README.md):
+* default - face_mask_detection/2classes at 32 px, 50 images per class, arms none / classic / cvae /
+  classic+cvae, 3 seeds, the small BN CNN. About 4 minutes on a 2-core CPU; prints the table. Three
+  seeds at 50 per class cannot separate arms (PROTOCOL.md: balanced-accuracy std ~.13 between seeds);
+  it shows the machinery, `full` answers the question.
+* full - n_per_class 25 / 50 / 100 / 250 / all x all six arms x 5 seeds on face_mask_detection/2classes
+  and face_mask12k/grouped, each cell also tested on the other datasets' test splits (cross-dataset
+  table). About 1.5-2 hours on a 2-core CPU; runs in the background and resumes when rerun.
+* gpu - the full grid at 64 px with ResNet-18 (small-image stem) and full-width autoencoders,
+  10 seeds: for a GPU/TPU job.
+* tiny - 16 px, two seeds, a few steps: for tests.
+
+How hyperparameters are chosen - on validation only, never on test:
+* Fixed before any run: optimiser, learning rate and batch size (Adam 1e-3, batch 64, the classifier
+  and generator defaults), the samplers and the autoencoder sizes (chosen from generator validation
+  losses and classifier-accuracy-of-samples in the generator issue), and the training budget.
+* Per cell: the classifier's epoch by validation ROC-AUC (threshold-free, steadier than accuracy at
+  small n), its decision threshold by validation balanced accuracy, and the generator's epoch by
+  validation loss (negative ELBO or denoising loss).
+* `synthesis.synthetic_ratios` with several values: each augmented cell trains one classifier per
+  ratio and keeps the ratio with the best validation ROC-AUC; only that classifier reads test.
+
+Outputs (in --workdir, default experiments/results/<preset>): cells.jsonl, table.md, table.csv,
+cross_dataset.md/.csv (when cross-dataset testing is on), summary.json, figures/; per-cell training
+workdirs live under runs/ (checkpoints; not meant to be committed).
+"""
+
+import ml_collections
+
+from experiments.configs import classifier as classifier_config
+from experiments.configs import default
+from experiments.configs import generator as generator_config
+
+ALL_ARMS = ("none", "classic", "dae", "vae", "cvae", "classic+cvae")
+DATASETS = ("face_mask_detection/2classes", "face_mask12k/grouped", "face_mask_observations/grouped")
+
+
+def get_config(preset: str = "default"):
+  shared = default.get_config()
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+  # Fields every entry point shares; training fields live in the nested classifier / generator configs.
+  for key in ("data_dir", "num_devices", "distributed"):
+    config[key] = shared[key]
+  config.datasets = ("face_mask_detection/2classes",)
+  # Real training images per class; 0 means all training images (class balance as in the split).
+  config.n_per_class = (50,)
+  # none, classic, dae, vae, cvae, or "classic+<generator>".
+  config.arms = ("none", "classic", "cvae", "classic+cvae")
+  config.num_seeds = 3
+  config.first_seed = 0
+  config.image_size = 32
+  # Test every cell also on these datasets' test splits (except its own): the cross-dataset table.
+  config.cross_test_datasets = ()
+
+  # Small training subsets are repeated to at least this many images per epoch, so an epoch (one
+  # validation check and one checkpoint) is a few steps, whatever n_per_class is, and the arms of a
+  # cell get the same number of steps while real + synthetic stays below this size.
+  config.min_epoch_size = 1024
+  # Persistent XLA compilation cache shared by all cells (and reruns); "" disables it.
+  config.compilation_cache_dir = "~/.cache/vaeaug/jax"
+
+  config.classifier = classifier_config.get_config()
+  config.classifier.model = "cnn_bn3"
+  config.classifier.epochs = 30
+  config.classifier.patience = 8
+  config.classifier.max_steps = 600  # caps epochs on large training sets
+  config.classifier.figures = False
+  config.classic_augment = "standard"  # vaeaug.data.augment preset for the "classic" arms
+
+  config.generator = generator_config.get_config()
+  config.generator.latent_dim = 32
+  config.generator.channels = (16, 32, 64)
+  config.generator.epochs = 30
+  config.generator.patience = 6
+  config.generator.max_steps = 500
+  config.generator.kl_warmup_epochs = 3.0
+  config.generator.figures = False
+
+  config.synthesis = ml_collections.ConfigDict()
+  # Synthetic images per real training image (split equally over the classes); several values:
+  # chosen per cell on validation ROC-AUC.
+  config.synthesis.synthetic_ratios = (1.0,)
+  config.synthesis.dae_sampler = "denoise"  # a DAE has no prior: it re-noises and denoises real images
+  config.synthesis.vae_sampler = "gmm"      # unconditional VAE: a per-class Gaussian mixture in latent space
+  config.synthesis.cvae_sampler = "prior"   # CVAE: z ~ N(0, I) decoded with the wanted label
+  config.synthesis.temperature = 1.0
+  # Keep only samples that the cell's own "none" classifier (real data only, selected on
+  # validation) assigns to the intended class with probability >= tau; 0 disables filtering.
+  config.synthesis.filter_tau = 0.0
+  config.synthesis.figure_samples = 8  # per class, in the sample-grid figures
+
+  config.progress = False  # per-step lines of each cell; the sweep prints one line per cell
+  config.log_every_steps = 8
+
+  if preset == "default":
+    pass
+  elif preset == "full":
+    config.datasets = DATASETS[:2]
+    config.n_per_class = (25, 50, 100, 250, 0)
+    config.arms = ALL_ARMS
+    config.num_seeds = 5
+    config.cross_test_datasets = DATASETS
+    # Sized for about 1.5 hours on a 2-core CPU (two one-core shards): shorter budgets than default.
+    config.classifier.max_steps = 360
+    config.classifier.patience = 6
+    config.generator.max_steps = 240
+    config.generator.patience = 4
+  elif preset == "gpu":
+    config.datasets = DATASETS[:2]
+    config.n_per_class = (25, 50, 100, 250, 0)
+    config.arms = ALL_ARMS
+    config.num_seeds = 10
+    config.cross_test_datasets = DATASETS
+    config.image_size = 64
+    config.classifier.model = "resnet18_small"
+    config.classifier.max_steps = 3000
+    config.classifier.epochs = 60
+    config.classifier.patience = 10
+    config.generator.latent_dim = 64
+    config.generator.channels = None  # the autoencoders' full default widths
+    config.generator.max_steps = 4000
+    config.generator.epochs = 60
+    config.min_epoch_size = 4096
+  elif preset == "tiny":
+    config.image_size = 16
+    config.n_per_class = (12,)
+    config.num_seeds = 2
+    config.min_epoch_size = 64
+    config.log_every_steps = 2
+    config.classifier.epochs = 3
+    config.classifier.patience = 3
+    config.classifier.batch_size = 16
+    config.classifier.max_steps = 12
+    config.generator.channels = (8, 16)
+    config.generator.latent_dim = 8
+    config.generator.epochs = 2
+    config.generator.batch_size = 16
+    config.generator.max_steps = 8
+    config.generator.kl_warmup_epochs = 1.0
+  else:
+    raise ValueError(f"unknown compare preset {preset!r}; choose default, full, gpu or tiny")
+  return config

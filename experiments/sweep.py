@@ -1,0 +1,399 @@
+"""The comparison sweep behind `python -m experiments.compare`: cells, their training, resume.
+
+A cell is (dataset, n_per_class, arm, seed). Cells of one (dataset, n_per_class, seed) share the real
+training subset, and the arms that use the same generator share it (trained once, on that subset).
+Everything a cell produces lives in its own workdir under `runs/<config hash>/`, written through
+the same functions `experiments.train_classifier` / `train_generator` / `synthesize` call, so a
+cell interrupted at any point resumes from its checkpoints; a finished cell is one line of
+`cells.jsonl` and is never recomputed. Tables and figures are rebuilt from `cells.jsonl` alone
+(`experiments.tables`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from classifiers import metrics as metrics_lib
+from classifiers import train as classifier_train
+from vaeaug import generators, synthesis
+from vaeaug.data import pipeline
+from vaeaug.training import logs, sharding
+
+GENERATORS = ("dae", "vae", "cvae")
+HEADLINE_METRICS = ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_auc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  name: str
+  classic: bool            # classic (geometric + photometric) augmentation on
+  generator: str | None    # which autoencoder's samples are added, if any
+
+  @classmethod
+  def parse(cls, name: str) -> "Arm":
+    parts = name.split("+")
+    classic = "classic" in parts
+    rest = [p for p in parts if p != "classic"]
+    if name == "none":
+      return cls(name, False, None)
+    if len(rest) > 1 or any(p not in GENERATORS for p in rest) or len(parts) != len(set(parts)):
+      raise ValueError(f"unknown arm {name!r}: use none, classic, one of {GENERATORS}, or classic+<generator>")
+    return cls(name, classic, rest[0] if rest else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  dataset: str
+  n_per_class: int | None  # None: all training images
+  seed: int
+  arm: Arm
+
+  @property
+  def key(self) -> str:
+    return f"{self.dataset}|n={n_label(self.n_per_class)}|seed={self.seed}|{self.arm.name}"
+
+  @property
+  def group(self) -> tuple:
+    return self.dataset, self.n_per_class, self.seed
+
+
+def n_label(n_per_class: int | None) -> str:
+  return "all" if n_per_class is None else str(n_per_class)
+
+
+def _slug(dataset: str) -> str:
+  return dataset.replace("/", "-")
+
+
+def cells_of(config) -> list[Cell]:
+  """The grid in run order: dataset, n_per_class, seed, then arms ("none" first: filtering uses it)."""
+  arms = [Arm.parse(a) for a in config.arms]
+  if len({a.name for a in arms}) != len(arms):
+    raise ValueError(f"duplicate arms in {tuple(config.arms)}")
+  if config.synthesis.filter_tau > 0 and any(a.generator for a in arms) and "none" not in config.arms:
+    raise ValueError("synthesis.filter_tau > 0 filters with each cell's 'none' classifier: add the 'none' arm")
+  arms.sort(key=lambda a: a.name != "none")
+  for n in config.n_per_class:
+    if n < 0:
+      raise ValueError(f"n_per_class values must be >= 0 (0 = all), got {tuple(config.n_per_class)}")
+  seeds = range(config.first_seed, config.first_seed + config.num_seeds)
+  return [Cell(dataset, n or None, seed, arm) for dataset in config.datasets for n in config.n_per_class
+          for seed in seeds for arm in arms]
+
+
+def config_hash(config) -> str:
+  """Hash of everything that changes a cell's result (not the grid itself, not progress/logging),
+  so cells of an extended grid are reused and cells of a changed recipe are not."""
+  recipe = config.to_dict()
+  for key in ("preset", "datasets", "n_per_class", "arms", "num_seeds", "first_seed", "cross_test_datasets",
+              "compilation_cache_dir", "progress", "data_dir"):
+    recipe.pop(key, None)
+  for sub in ("classifier", "generator"):
+    for key in ("progress", "data_dir", "figures", "num_devices", "distributed"):
+      recipe[sub].pop(key, None)
+  text = json.dumps(recipe, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DataCache:
+  """Splits loaded once per (dataset, image size) for the whole sweep."""
+
+  def __init__(self, data_dir: str | None, image_size: int):
+    self.data_dir, self.image_size = data_dir, image_size
+    self._splits: dict[str, dict[str, pipeline.ArrayDataset]] = {}
+
+  def splits(self, dataset: str) -> dict[str, pipeline.ArrayDataset]:
+    if dataset not in self._splits:
+      self._splits[dataset] = pipeline.load_splits(dataset, data_dir=self.data_dir, image_size=self.image_size)
+    return self._splits[dataset]
+
+  def real_train(self, dataset: str, n_per_class: int | None, seed: int) -> pipeline.ArrayDataset:
+    train = self.splits(dataset)["train"]
+    return train if n_per_class is None else pipeline.subsample(train, n_per_class, seed)
+
+
+def repeat_to(dataset: pipeline.ArrayDataset, min_size: int) -> pipeline.ArrayDataset:
+  """`dataset` repeated whole until it has at least `min_size` rows (each epoch shuffles the copies)."""
+  repeats = max(1, math.ceil(min_size / max(len(dataset), 1)))
+  return dataset if repeats == 1 else dataset.take(np.tile(np.arange(len(dataset)), repeats))
+
+
+def _epochs_for(train_size: int, batch_size: int, max_epochs: int, max_steps: int) -> int:
+  steps_per_epoch = max(1, train_size // max(1, min(batch_size, train_size)))
+  return max(1, min(max_epochs, math.ceil(max_steps / steps_per_epoch)))
+
+
+# ----------------------------------------------------------------------------- per-cell configs
+
+
+def _common(sub: ml_collections.ConfigDict, config, cell_dataset: str, n_per_class, seed) -> ml_collections.ConfigDict:
+  sub = ml_collections.ConfigDict(sub.to_dict())
+  sub.dataset, sub.n_per_class, sub.seed = cell_dataset, n_per_class, seed
+  sub.image_size, sub.data_dir = config.image_size, config.data_dir
+  sub.progress, sub.log_every_steps = config.progress, config.log_every_steps
+  sub.checkpoint_every_steps = 0
+  return sub
+
+
+def generator_config(config, dataset: str, n_per_class, seed: int, kind: str, train_size: int):
+  sub = _common(config.generator, config, dataset, n_per_class, seed)
+  sub.model = kind
+  sub.epochs = _epochs_for(train_size, sub.batch_size, sub.epochs, sub.max_steps)
+  return sub
+
+
+def classifier_config(config, cell: Cell, train_size: int):
+  sub = _common(config.classifier, config, cell.dataset, cell.n_per_class, cell.seed)
+  sub.augment = config.classic_augment if cell.arm.classic else "none"
+  sub.epochs = _epochs_for(train_size, sub.batch_size, sub.epochs, sub.max_steps)
+  return sub
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+class Sweep:
+  """Runs the cells of `config` in `workdir`; see the module docstring."""
+
+  def __init__(self, config, workdir: str | os.PathLike, *, stream=None):
+    self.config = config
+    self.workdir = Path(workdir)
+    self.stream = stream or sys.stderr
+    self.hash = config_hash(config)
+    self.runs = self.workdir / "runs" / self.hash
+    self.cells_path = self.workdir / "cells.jsonl"
+    self.data = DataCache(config.data_dir, config.image_size)
+    self.mesh = sharding.make_mesh(config.num_devices)
+    self._synthetic: dict[tuple, synthesis.SyntheticSet] = {}
+
+  # --- bookkeeping
+
+  def finished(self) -> dict[str, dict]:
+    """Finished cells of this recipe, by key. A line cut by a kill mid-write is dropped (and rewritten)."""
+    if not self.cells_path.exists():
+      return {}
+    lines = self.cells_path.read_text().splitlines()
+    records, intact = {}, []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      intact.append(line)
+      if record.get("config_hash") == self.hash:
+        records[record["key"]] = record
+    if len(intact) != len([line for line in lines if line.strip()]):
+      self.cells_path.write_text("".join(line + "\n" for line in intact))
+    return records
+
+  def _append(self, record: dict) -> None:
+    # One locked write per line: shards of one sweep may append to the same file concurrently.
+    line = (json.dumps(record, default=classifier_train._json_default) + "\n").encode()
+    with self.cells_path.open("ab") as f:
+      fcntl.flock(f, fcntl.LOCK_EX)
+      try:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+      finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+  def group_dir(self, dataset: str, n_per_class, seed: int) -> Path:
+    return self.runs / _slug(dataset) / f"n{n_label(n_per_class)}" / f"seed{seed}"
+
+  def _say(self, text: str) -> None:
+    print(text, file=self.stream, flush=True)
+
+  # --- generators and synthetic data
+
+  def generator(self, dataset: str, n_per_class, seed: int, kind: str):
+    """(model, summary) of the cell group's `kind` autoencoder; trained on first use, then restored."""
+    workdir = self.group_dir(dataset, n_per_class, seed) / f"generator_{kind}"
+    summary_path = workdir / "generator_metrics.json"
+    if not summary_path.exists():
+      real = self.data.real_train(dataset, n_per_class, seed)
+      train = repeat_to(real, self.config.min_epoch_size)
+      sub = generator_config(self.config, dataset, n_per_class, seed, kind, len(train))
+      data = generators.Data(train=train, validation=self.data.splits(dataset)["validation"])
+      generators.train_generator(sub, workdir, data=data)
+    _, model, _ = generators.restore_generator(workdir)
+    return model, json.loads(summary_path.read_text())
+
+  def synthetic(self, cell: Cell) -> tuple[synthesis.SyntheticSet, dict]:
+    """The largest synthetic set any ratio needs, for the cell group's generator (cached on disk);
+    smaller ratios take a prefix per class, so candidate sets are nested."""
+    kind = cell.arm.generator
+    path = self.group_dir(*cell.group) / f"synthetic_{kind}.npz"
+    real = self.data.real_train(*cell.group)
+    per_class = math.ceil(max(self.config.synthesis.synthetic_ratios) * len(real) / real.num_classes)
+    info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
+    if not path.exists():
+      start = time.perf_counter()
+      model, summary = self.generator(*cell.group, kind)
+      info["generator_seconds"] = summary["seconds"]
+      start = time.perf_counter()
+      options = self._sampler_options(kind)
+      sampler = self.config.synthesis[f"{kind}_sampler"]
+      if self.config.synthesis.filter_tau > 0:
+        predict = self._none_classifier(cell)
+        synthetic, report = synthesis.synthesize_filtered(
+            model, real, per_class, sampler, cell.seed, predict, self.config.synthesis.filter_tau,
+            generator_name=kind, **options)
+        info["filter"] = report
+      else:
+        synthetic = synthesis.synthesize(model, real, per_class, sampler, cell.seed, generator_name=kind, **options)
+      synthetic.save(path)
+      info["synthesis_seconds"] = round(time.perf_counter() - start, 2)
+      Path(str(path) + ".timing.json").write_text(json.dumps(info) + "\n")
+    elif Path(str(path) + ".timing.json").exists():
+      info = {**json.loads(Path(str(path) + ".timing.json").read_text()), "reused": True}
+    return synthesis.load_synthetic(path), info
+
+  def _sampler_options(self, kind: str) -> dict:
+    sampler = self.config.synthesis[f"{kind}_sampler"]
+    if sampler == "denoise":
+      return {"noise": generators.noise_config(self.config.generator)}
+    if sampler in ("prior", "posterior_jitter", "gmm"):
+      return {"temperature": self.config.synthesis.temperature}
+    return {}
+
+  def _none_classifier(self, cell: Cell):
+    workdir = self.group_dir(*cell.group) / "none"
+    config, state, _ = classifier_train.restore_best(workdir)
+    predict = jax.jit(functools.partial(classifier_train.eval_step, normalization=config.normalization))
+    return lambda images: np.asarray(predict(state, images))
+
+  # --- one cell
+
+  def _train_classifier(self, cell: Cell, train: pipeline.ArrayDataset, workdir: Path, *, score_test: bool):
+    splits = self.data.splits(cell.dataset)
+    train = repeat_to(train, self.config.min_epoch_size)
+    sub = classifier_config(self.config, cell, len(train))
+    data = classifier_train.Data(train=train, validation=splits["validation"], test=splits["test"])
+    return classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=score_test), sub
+
+  def run_cell(self, cell: Cell) -> dict:
+    start = time.perf_counter()
+    real = self.data.real_train(*cell.group)
+    workdir = self.group_dir(*cell.group) / cell.arm.name
+    timing = {}
+    synthetic_counts, ratio = None, None
+    if cell.arm.generator is None:
+      summary, sub = self._train_classifier(cell, real, workdir, score_test=True)
+    else:
+      synthetic, info = self.synthetic(cell)
+      timing.update(generator_seconds=info.get("generator_seconds", 0.0),
+                    synthesis_seconds=info.get("synthesis_seconds", 0.0), generator_reused=info.get("reused", False))
+      ratios = tuple(self.config.synthesis.synthetic_ratios)
+      candidates = []
+      for r in ratios:
+        chosen = self._take_ratio(synthetic, real, r)
+        train = synthesis.combine(real, chosen)
+        candidate_dir = workdir if len(ratios) == 1 else workdir / f"ratio{r:g}"
+        summary, sub = self._train_classifier(cell, train, candidate_dir, score_test=len(ratios) == 1)
+        candidates.append((summary["best_validation_value"], r, candidate_dir, train, chosen))
+      if len(ratios) > 1:  # pick on validation, then score test with the chosen classifier only
+        _, ratio, candidate_dir, train, chosen = max(candidates, key=lambda c: (c[0], -c[1]))
+        summary, sub = self._train_classifier(cell, train, candidate_dir, score_test=True)
+      else:
+        ratio, chosen = ratios[0], candidates[0][4]
+      synthetic_counts = chosen.class_counts()
+    timing["classifier_seconds"] = summary["seconds"]
+    record = {
+        "key": cell.key, "config_hash": self.hash, "dataset": cell.dataset,
+        "n_per_class": cell.n_per_class, "seed": cell.seed, "arm": cell.arm.name,
+        "classic": cell.arm.classic, "generator": cell.arm.generator,
+        "synthetic_ratio": ratio, "synthetic_counts": synthetic_counts,
+        "real_train_size": len(real), "real_class_counts": dict(zip(real.class_names, map(int, real.class_counts()))),
+        "threshold": summary["threshold"], "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+        "steps": summary["steps"],
+        "test": _strip(summary["test"]), "validation": _strip(summary["validation"]),
+        "cross": self._cross(cell, workdir if ratio is None or len(self.config.synthesis.synthetic_ratios) == 1
+                             else workdir / f"ratio{ratio:g}", summary["threshold"]),
+        "classifier_config": sub.to_dict(),
+        "generator_config": (json.loads((self.group_dir(*cell.group) / f"generator_{cell.arm.generator}" /
+                                         "config.json").read_text()) if cell.arm.generator else None),
+        "synthesis_config": self.config.synthesis.to_dict(),
+        "timing": {**timing, "cell_seconds": round(time.perf_counter() - start, 2)},
+    }
+    return record
+
+  def _take_ratio(self, synthetic: synthesis.SyntheticSet, real: pipeline.ArrayDataset, ratio: float):
+    per_class = math.ceil(ratio * len(real) / real.num_classes)
+    keep = np.concatenate([np.flatnonzero(synthetic.labels == c)[:per_class] for c in range(real.num_classes)])
+    return synthetic.take(np.sort(keep))
+
+  def _cross(self, cell: Cell, workdir: Path, threshold: float) -> dict:
+    targets = [d for d in self.config.cross_test_datasets if d != cell.dataset]
+    if not targets:
+      return {}
+    config, state, class_names = classifier_train.restore_best(workdir)
+    predict = jax.jit(functools.partial(classifier_train.eval_step, normalization=config.normalization))
+    results = {}
+    for target in targets:
+      test = self.data.splits(target)["test"]
+      if tuple(test.class_names) != tuple(class_names):
+        raise ValueError(f"cross-dataset test {target} has classes {test.class_names}, "
+                         f"the classifier {class_names}: they must match")
+      probabilities = classifier_train.predict_probabilities(predict, state, test, config.eval_batch_size, self.mesh)
+      results[target] = _strip(metrics_lib.classification_metrics(test.labels, probabilities, threshold=threshold,
+                                                                   class_names=class_names))
+    return results
+
+  # --- the whole grid
+
+  def run(self, shard_index: int = 0, shard_count: int = 1) -> dict[str, dict]:
+    """Runs the unfinished cells (of shard `shard_index` of `shard_count`: whole cell groups, dealt
+    round-robin, so shards can run as separate processes or array jobs on one workdir)."""
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard index {shard_index} is not in [0, {shard_count})")
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    (self.workdir / "config.json").write_text(self.config.to_json(indent=1) + "\n")
+    all_cells = cells_of(self.config)
+    groups = list(dict.fromkeys(c.group for c in all_cells))
+    mine = {g for i, g in enumerate(groups) if i % shard_count == shard_index}
+    cells = [c for c in all_cells if c.group in mine]
+    done = self.finished()
+    todo = [c for c in cells if c.key not in done]
+    shard = f" (shard {shard_index + 1}/{shard_count})" if shard_count > 1 else ""
+    self._say(f"compare: {len(cells)} cells{shard} ({len(cells) - len(todo)} already finished) in {self.workdir}")
+    start = time.perf_counter()
+    for i, cell in enumerate(todo):
+      elapsed = time.perf_counter() - start
+      eta = f", ETA {logs.format_seconds(elapsed / i * (len(todo) - i))}" if i else ""
+      self._say(f"[cell {len(cells) - len(todo) + i + 1}/{len(cells)} | {logs.format_seconds(elapsed)} elapsed{eta}] "
+                f"{cell.dataset} n_per_class={n_label(cell.n_per_class)} seed={cell.seed} arm={cell.arm.name}")
+      record = self.run_cell(cell)
+      if jax.process_index() == 0:
+        self._append(record)
+      done[cell.key] = record
+      test = record["test"]
+      self._say(f"    test balanced accuracy {test['balanced_accuracy']:.3f}, ROC-AUC {test['roc_auc']:.3f} "
+                f"({record['timing']['cell_seconds']:.0f} s)")
+    finished = self.finished()  # other shards' cells too
+    return {c.key: finished[c.key] for c in all_cells if c.key in finished}
+
+
+def _strip(metrics: dict | None) -> dict | None:
+  """The scalar metrics plus support and confusion matrix (per-class detail stays in the run's workdir)."""
+  if metrics is None:
+    return None
+  keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+  keep["support"], keep["confusion_matrix"] = metrics.get("support"), metrics.get("confusion_matrix")
+  return keep

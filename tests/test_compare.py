@@ -1,0 +1,203 @@
+"""The comparison sweep: statistics against known values, the grid, a tiny sweep end to end, and
+resume after a kill mid-cell giving the same table as an uninterrupted sweep."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import stats, sweep, tables
+from experiments.configs import compare as compare_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_paired_t_test_matches_the_textbook_value():
+  # d = 1..5: mean 3, sd sqrt(2.5), t = 4.2426 on 4 degrees of freedom -> two-sided p = 0.01324.
+  assert stats.paired_t_p_value([1, 2, 3, 4, 5], [0] * 5) == pytest.approx(0.013236, abs=1e-5)
+  assert stats.paired_t_p_value([2, 3, 4], [1, 2, 3]) == 0.0  # constant non-zero difference
+  assert stats.paired_t_p_value([1, 2, 3], [1, 2, 3]) == 1.0
+
+
+def test_sign_flip_test_is_exact_for_small_samples():
+  # All five differences positive: only the all-plus and all-minus patterns are as extreme -> 2/32.
+  assert stats.sign_flip_p_value([1, 2, 3, 4, 5], [0] * 5) == pytest.approx(2 / 32)
+  # d = (1, -1, 2), sum 2: the 8 signed sums are +-2, +-2, +-4, 0, 0 -> 6 of 8 reach |2|.
+  assert stats.sign_flip_p_value([1, -1, 2], [0, 0, 0]) == pytest.approx(0.75)
+  assert stats.sign_flip_p_value([0.3, -0.3], [0, 0]) == 1.0
+
+
+def test_sign_flip_monte_carlo_agrees_with_exact():
+  d = np.random.default_rng(0).normal(0.4, 1.0, 14)
+  exact = stats.sign_flip_p_value(d, np.zeros_like(d))
+  approx = stats.sign_flip_p_value(d, np.zeros_like(d), exact_max=4, resamples=200_000)
+  assert approx == pytest.approx(exact, abs=0.005)
+
+
+def test_t_interval_matches_known_quantile():
+  mean, half = stats.mean_ci([1, 2, 3, 4, 5])
+  # t(0.975, 4) = 2.776445; sd/sqrt(n) = sqrt(2.5/5).
+  assert mean == 3.0 and half == pytest.approx(2.776445 * np.sqrt(0.5), rel=1e-6)
+  assert np.isnan(stats.mean_ci([0.7])[1])
+  assert stats.mean_ci([0.5, np.nan, 0.7])[0] == pytest.approx(0.6)  # a missing seed is skipped
+
+
+def test_bootstrap_interval_covers_like_the_normal_interval():
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(1.0, 2.0, 400), np.zeros(400)
+  mean, lower, upper = stats.paired_bootstrap_ci(a, b, seed=3)
+  se = a.std(ddof=1) / np.sqrt(a.size)
+  assert mean == pytest.approx(a.mean())
+  assert lower == pytest.approx(mean - 1.96 * se, abs=0.25 * se)
+  assert upper == pytest.approx(mean + 1.96 * se, abs=0.25 * se)
+  assert stats.paired_bootstrap_ci([0.8, 0.9, 0.7], [0.7, 0.8, 0.6])[1:] == pytest.approx((0.1, 0.1))
+  with pytest.raises(ValueError, match="equal lengths"):
+    stats.paired_bootstrap_ci([1, 2], [1])
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def test_arms_parse_and_reject_unknown_names():
+  assert sweep.Arm.parse("classic+cvae") == sweep.Arm("classic+cvae", True, "cvae")
+  assert sweep.Arm.parse("none") == sweep.Arm("none", False, None)
+  assert sweep.Arm.parse("dae").generator == "dae"
+  for bad in ("gan", "classic+classic", "dae+vae", "none+dae"):
+    with pytest.raises(ValueError, match="unknown arm"):
+      sweep.Arm.parse(bad)
+
+
+def test_grid_order_and_all_images():
+  config = compare_config.get_config("tiny")
+  config.arms = ("cvae", "classic", "none")
+  config.n_per_class = (12, 0)
+  cells = sweep.cells_of(config)
+  assert len(cells) == 2 * 2 * 3
+  assert [c.arm.name for c in cells[:3]] == ["none", "cvae", "classic"]  # "none" first: filtering uses it
+  assert {c.n_per_class for c in cells} == {12, None}
+  assert len({c.key for c in cells}) == len(cells)
+
+
+def test_config_hash_ignores_the_grid_but_not_the_recipe():
+  config = compare_config.get_config("tiny")
+  base = sweep.config_hash(config)
+  config.num_seeds, config.arms, config.progress = 7, ("none",), True
+  assert sweep.config_hash(config) == base  # extending the grid reuses finished cells
+  config.classifier.learning_rate = 3e-4
+  assert sweep.config_hash(config) != base
+
+
+def test_presets_build():
+  for preset in ("default", "full", "gpu", "tiny"):
+    config = compare_config.get_config(preset)
+    assert sweep.cells_of(config)
+  full = compare_config.get_config("full")
+  assert set(full.arms) == set(compare_config.ALL_ARMS) and full.num_seeds >= 5
+  with pytest.raises(ValueError, match="unknown compare preset"):
+    compare_config.get_config("huge")
+
+
+def test_tables_pair_arms_by_seed():
+  config = compare_config.get_config("tiny")
+  config.arms, config.num_seeds = ("none", "classic"), 4
+  cells = sweep.cells_of(config)
+  rng = np.random.default_rng(0)
+  records = {}
+  for cell in cells:
+    base = 0.6 + 0.1 * cell.seed  # large seed effect, constant +0.02 effect of the arm
+    value = base + (0.02 if cell.arm.name == "classic" else 0.0) + rng.normal(0, 1e-9)
+    records[cell.key] = {"test": {m: value for m in tables.stats_metrics()}}
+  summary = tables.summarize(cells, records)
+  classic = next(r for r in summary["rows"] if r["arm"] == "classic")
+  diff = classic["differences"]["none"]["balanced_accuracy"]
+  assert diff["mean_difference"] == pytest.approx(0.02, abs=1e-6)
+  # Paired: the seed effect cancels, so the interval is tight although the arms' own CIs are wide.
+  assert diff["ci_upper"] - diff["ci_lower"] < 1e-6 < classic["balanced_accuracy"]["ci95"]
+  assert diff["p_value"] == pytest.approx(2 / 16)
+  markdown = tables.table_markdown(summary)
+  assert "+0.020" in markdown and "n_per_class = 12" in markdown
+  assert tables.table_csv(summary).count("\n") == 1 + 2
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _compare_command(workdir: Path) -> list[str]:
+  return [sys.executable, "-m", "experiments.compare", "--config=experiments/configs/compare.py:tiny",
+          f"--workdir={workdir}", "--config.arms=('none','cvae','classic+cvae')",
+          "--config.compilation_cache_dir="]
+
+
+def _run(workdir: Path, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run(_compare_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  pytest.importorskip("tensorflow_datasets")
+  from vaeaug.data import sources
+  try:
+    sources.data_source("face_mask_detection/2classes", "train", None)
+  except FileNotFoundError as error:
+    pytest.skip(str(error))
+  workdir = tmp_path_factory.mktemp("compare") / "uninterrupted"
+  result = _run(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_tiny_sweep_end_to_end(uninterrupted):
+  workdir, result = uninterrupted
+  lines = [json.loads(line) for line in (workdir / "cells.jsonl").read_text().splitlines()]
+  assert len(lines) == 6 and len({line["key"] for line in lines}) == 6
+  for line in lines:
+    assert 0.0 <= line["test"]["balanced_accuracy"] <= 1.0 and line["classifier_config"]["seed"] == line["seed"]
+  augmented = [line for line in lines if line["generator"]]
+  # Ratio 1: as many synthetic images as real ones, split over the classes.
+  assert all(sum(line["synthetic_counts"].values()) == line["real_train_size"] for line in augmented)
+  # One CVAE per seed, shared by the two arms that use it.
+  assert sorted(line["timing"]["generator_reused"] for line in augmented) == [False, False, True, True]
+  assert "[cell 6/6" in result.stderr and "n_per_class = 12" in result.stdout
+  for name in ("table.md", "table.csv", "summary.json", "figures/balanced_accuracy_vs_n.png",
+               "figures/samples_face_mask_detection-2classes_cvae.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  rerun = _run(workdir)
+  assert "6 already finished" in rerun.stderr and "[cell" not in rerun.stderr
+
+
+def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):
+  reference, _ = uninterrupted
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(_compare_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  # Kill once a cell after the first has written a checkpoint but before it finished.
+  deadline = time.monotonic() + 240
+  killed_after = None
+  while time.monotonic() < deadline and process.poll() is None:
+    cells = workdir / "cells.jsonl"
+    done = len(cells.read_text().splitlines()) if cells.exists() else 0
+    checkpoints = list(workdir.glob("runs/*/*/*/seed1/*/checkpoints/*"))
+    if done >= 2 and checkpoints:
+      os.killpg(process.pid, signal.SIGKILL)
+      killed_after = done
+      break
+    time.sleep(0.05)
+  process.wait(timeout=30)
+  if killed_after is None:
+    pytest.skip("the sweep finished before it could be killed mid-cell")
+  before = (workdir / "cells.jsonl").read_text()
+  result = _run(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"{killed_after} already finished" in result.stderr
+  assert (workdir / "cells.jsonl").read_text().startswith(before)  # finished cells were not recomputed
+  for name in ("table.md", "table.csv"):
+    assert (workdir / name).read_text() == (reference / name).read_text(), name
