@@ -108,6 +108,31 @@ def config_hash(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+# ----------------------------------------------------------------------------- timing
+
+
+class _CompileClock:
+  """Seconds JAX spends tracing, lowering and compiling (or fetching from the persistent
+  compilation cache), from jax.monitoring events; registered once per process."""
+
+  def __init__(self):
+    self.seconds = 0.0
+    self._registered = False
+
+  def __call__(self, event: str, duration: float, **kwargs) -> None:
+    if event.startswith("/jax/core/compile/"):
+      self.seconds += duration
+
+  def start(self) -> float:
+    if not self._registered:
+      jax.monitoring.register_event_duration_secs_listener(self)
+      self._registered = True
+    return self.seconds
+
+
+COMPILE_CLOCK = _CompileClock()
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -118,9 +143,13 @@ class DataCache:
     self.data_dir, self.image_size = data_dir, image_size
     self._splits: dict[str, dict[str, pipeline.ArrayDataset]] = {}
 
+    self.seconds = 0.0  # spent loading (decoding on first use, then the .npz cache)
+
   def splits(self, dataset: str) -> dict[str, pipeline.ArrayDataset]:
     if dataset not in self._splits:
+      start = time.perf_counter()
       self._splits[dataset] = pipeline.load_splits(dataset, data_dir=self.data_dir, image_size=self.image_size)
+      self.seconds += time.perf_counter() - start
     return self._splits[dataset]
 
   def real_train(self, dataset: str, n_per_class: int | None, seed: int) -> pipeline.ArrayDataset:
@@ -289,7 +318,7 @@ class Sweep:
     return classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=score_test), sub
 
   def run_cell(self, cell: Cell) -> dict:
-    start = time.perf_counter()
+    start, compile_start, data_start = time.perf_counter(), COMPILE_CLOCK.start(), self.data.seconds
     real = self.data.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
     timing = {}
@@ -330,7 +359,9 @@ class Sweep:
         "generator_config": (json.loads((self.group_dir(*cell.group) / f"generator_{cell.arm.generator}" /
                                          "config.json").read_text()) if cell.arm.generator else None),
         "synthesis_config": self.config.synthesis.to_dict(),
-        "timing": {**timing, "cell_seconds": round(time.perf_counter() - start, 2)},
+        "timing": {**timing, "data_seconds": round(self.data.seconds - data_start, 2),
+                   "compile_seconds": round(COMPILE_CLOCK.seconds - compile_start, 2),
+                   "cell_seconds": round(time.perf_counter() - start, 2)},
     }
     return record
 

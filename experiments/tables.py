@@ -186,7 +186,8 @@ def cross_csv(summary: dict) -> str:
 
 def timing_summary(records: dict[str, dict]) -> dict:
   """Where the sweep's compute went (seconds summed over cells; a shared generator counted once)."""
-  total = {"classifier_seconds": 0.0, "generator_seconds": 0.0, "synthesis_seconds": 0.0, "cell_seconds": 0.0}
+  total = {"classifier_seconds": 0.0, "generator_seconds": 0.0, "synthesis_seconds": 0.0, "data_seconds": 0.0,
+           "compile_seconds": 0.0, "cell_seconds": 0.0}
   for record in records.values():
     timing = record.get("timing", {})
     for key in total:

@@ -3,6 +3,7 @@ resume after a kill mid-cell giving the same table as an uninterrupted sweep."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -131,32 +132,41 @@ def test_tables_pair_arms_by_seed():
 # ----------------------------------------------------------------------------- end to end
 
 
-def _compare_command(workdir: Path) -> list[str]:
+def _compare_command(workdir: Path, data_dir: str | None) -> list[str]:
   return [sys.executable, "-m", "experiments.compare", "--config=experiments/configs/compare.py:tiny",
           f"--workdir={workdir}", "--config.arms=('none','cvae','classic+cvae')",
-          "--config.compilation_cache_dir="]
+          "--config.compilation_cache_dir="] + ([f"--config.data_dir={data_dir}"] if data_dir else [])
 
 
-def _run(workdir: Path, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run(_compare_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _run(workdir: Path, data_dir: str | None, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run(_compare_command(workdir, data_dir), cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  pytest.importorskip("tensorflow_datasets")
-  from vaeaug.data import sources
+def detection_built(real_raw_root, tmp_path_factory):
+  """data_dir holding face_mask_detection/2classes: the user's built copy, else built here from the
+  shipped raw data (about 20 s)."""
+  from vaeaug.data import building, sources
   try:
     sources.data_source("face_mask_detection/2classes", "train", None)
-  except FileNotFoundError as error:
-    pytest.skip(str(error))
+    return None
+  except FileNotFoundError:
+    data_dir = tmp_path_factory.mktemp("tfds")
+    building.prepare("face_mask_detection", "2classes", data_dir=data_dir, raw_root=real_raw_root)
+    return str(data_dir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, detection_built):
   workdir = tmp_path_factory.mktemp("compare") / "uninterrupted"
-  result = _run(workdir)
+  result = _run(workdir, detection_built)
   assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, result
+  return workdir, result, detection_built
 
 
 def test_tiny_sweep_end_to_end(uninterrupted):
-  workdir, result = uninterrupted
+  workdir, result, data_dir = uninterrupted
   lines = [json.loads(line) for line in (workdir / "cells.jsonl").read_text().splitlines()]
   assert len(lines) == 6 and len({line["key"] for line in lines}) == 6
   for line in lines:
@@ -170,34 +180,56 @@ def test_tiny_sweep_end_to_end(uninterrupted):
   for name in ("table.md", "table.csv", "summary.json", "figures/balanced_accuracy_vs_n.png",
                "figures/samples_face_mask_detection-2classes_cvae.png"):
     assert (workdir / name).stat().st_size > 0, name
-  rerun = _run(workdir)
+  rerun = _run(workdir, data_dir)
   assert "6 already finished" in rerun.stderr and "[cell" not in rerun.stderr
 
 
 def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):
-  reference, _ = uninterrupted
+  reference, _, data_dir = uninterrupted
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(_compare_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+  process = subprocess.Popen(_compare_command(workdir, data_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-  # Kill once a cell after the first has written a checkpoint but before it finished.
+  # Kill at a random moment once the second seed's cells have written a checkpoint: mid-generator,
+  # mid-classifier or between cells, wherever that lands.
+  delay = random.Random(os.getpid()).uniform(0.0, 1.5)
   deadline = time.monotonic() + 240
   killed_after = None
   while time.monotonic() < deadline and process.poll() is None:
-    cells = workdir / "cells.jsonl"
-    done = len(cells.read_text().splitlines()) if cells.exists() else 0
-    checkpoints = list(workdir.glob("runs/*/*/*/seed1/*/checkpoints/*"))
-    if done >= 2 and checkpoints:
+    if list(workdir.glob("runs/*/*/*/seed1/*/checkpoints/*")):
+      time.sleep(delay)
       os.killpg(process.pid, signal.SIGKILL)
-      killed_after = done
+      cells = workdir / "cells.jsonl"
+      killed_after = len(cells.read_text().splitlines()) if cells.exists() else 0
       break
     time.sleep(0.05)
   process.wait(timeout=30)
   if killed_after is None:
     pytest.skip("the sweep finished before it could be killed mid-cell")
-  before = (workdir / "cells.jsonl").read_text()
-  result = _run(workdir)
+  before = (workdir / "cells.jsonl").read_text() if killed_after else ""
+  result = _run(workdir, data_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"{killed_after} already finished" in result.stderr
   assert (workdir / "cells.jsonl").read_text().startswith(before)  # finished cells were not recomputed
   for name in ("table.md", "table.csv"):
     assert (workdir / name).read_text() == (reference / name).read_text(), name
+  # Every metric of every cell, not only the aggregates, equals the uninterrupted sweep's.
+  def metrics_by_key(path):
+    lines = [json.loads(line) for line in (path / "cells.jsonl").read_text().splitlines()]
+    return {r["key"]: (r["test"], r["validation"], r["best_epoch"], r["synthetic_counts"]) for r in lines}
+  assert metrics_by_key(workdir) == metrics_by_key(reference)
+
+
+def test_synthetic_ratio_is_chosen_on_validation_and_only_the_choice_reads_test(detection_built, tmp_path):
+  config = compare_config.get_config("tiny")
+  config.arms, config.num_seeds, config.compilation_cache_dir = ("cvae",), 1, ""
+  config.data_dir = detection_built
+  config.synthesis.synthetic_ratios = (0.5, 2.0)
+  runner = sweep.Sweep(config, tmp_path, stream=open(os.devnull, "w"))
+  (record,) = runner.run().values()
+  arm_dir = runner.group_dir(*sweep.cells_of(config)[0].group) / "cvae"
+  validation = {r: json.loads((arm_dir / f"ratio{r:g}" / "validation_metrics.json").read_text())
+                for r in (0.5, 2.0)}
+  best = max(validation, key=lambda r: (validation[r]["best_validation_value"], -r))
+  assert record["synthetic_ratio"] == best
+  assert sum(record["synthetic_counts"].values()) == round(best * record["real_train_size"])
+  assert [p.parent.name for p in arm_dir.glob("ratio*/test_metrics.json")] == [f"ratio{best:g}"]

@@ -53,7 +53,7 @@ def get_config(preset: str = "default"):
   config.preset = preset
   # Fields every entry point shares; training fields live in the nested classifier / generator configs.
   for key in ("data_dir", "num_devices", "distributed"):
-    config[key] = shared[key]
+    config[key] = shared.get_ref(key) if shared[key] is None else shared[key]  # keep placeholders' types
   config.datasets = ("face_mask_detection/2classes",)
   # Real training images per class; 0 means all training images (class balance as in the split).
   config.n_per_class = (50,)
