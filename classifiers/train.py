@@ -115,8 +115,8 @@ def predict_probabilities(predict_fn, state, dataset: pipeline.ArrayDataset, bat
   batch_size = max(mesh.devices.size, batch_size - batch_size % mesh.devices.size)
   outputs = []
   for batch in pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False, remainder="pad"):
-    images = sharding.shard_batch({"image": batch["image"]}, mesh)["image"]
-    probabilities = np.asarray(jax.device_get(predict_fn(state, images)))
+    images = sharding.shard_global_batch({"image": batch["image"]}, mesh)["image"]
+    probabilities = np.asarray(sharding.fetch(predict_fn(state, images)))
     outputs.append(probabilities[batch["mask"]])
   return np.concatenate(outputs)
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 from vaeaug.data import pipeline
@@ -89,6 +90,7 @@ def train_step(state: TrainState, batch, base_key, *, beta: float, warmup_steps:
   _, model_state = split_model(model)
   metrics = {name: value.mean() for name, value in terms.items()}
   metrics["beta"] = jnp.asarray(beta_t, jnp.float32)
+  metrics["grad_norm"] = optax.global_norm(grads)  # the loop stops on a non-finite gradient
   return state.apply_gradients(grads, model_state), metrics
 
 
@@ -108,9 +110,9 @@ def evaluate_dataset(eval_fn, state, dataset: pipeline.ArrayDataset, batch_size:
   sums, count = {}, 0
   for index, batch in enumerate(pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False,
                                                        remainder="pad")):
-    arrays = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
+    arrays = sharding.shard_global_batch({"image": batch["image"], "label": batch["label"]}, mesh)
     key = jax.random.fold_in(jax.random.key(seed), index)
-    terms = jax.device_get(eval_fn(state, arrays["image"], arrays["label"], key))
+    terms = sharding.fetch(eval_fn(state, arrays["image"], arrays["label"], key))
     mask = batch["mask"]
     for name, values in terms.items():
       sums[name] = sums.get(name, 0.0) + float(np.asarray(values)[mask].sum())

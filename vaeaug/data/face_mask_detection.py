@@ -96,20 +96,27 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
     photo_paths, skipped = image_io.list_images(images_dir)
     for path, reason in skipped:
       skips.add(path, reason)
-    unclaimed = {p.name for p in photo_paths}
+    listed = {p.name for p in photo_paths}
+    skipped_names = {path.name: reason for path, reason in skipped}
+    claimed = set()
 
     photos, faces = [], []
     for xml_path in building.progress(_annotation_files(annotations_dir, skips), "annotations"):
       try:
         annotation = voc.parse_voc(xml_path)
         photo_path = voc.resolve_image(annotation, images_dir)
-        if photo_path.name not in unclaimed:
+        if photo_path.name in claimed:
           raise image_io.BadInputError(xml_path, "photo annotated twice", photo_path.name)
+        if photo_path.name not in listed:  # e.g. a hidden file: already counted as a listing skip
+          raise image_io.BadInputError(xml_path, "image missing",
+                                       f"{photo_path.name}: {skipped_names.get(photo_path.name, 'not listed')}")
+        # Claimed before decoding: a photo that cannot be decoded is one skip (of its annotation),
+        # not also a "photo without annotation".
+        claimed.add(photo_path.name)
         photo = image_io.load_rgb(photo_path)
       except image_io.BadInputError as error:
         skips.add(xml_path, error.problem, error.detail)
         continue
-      unclaimed.discard(photo_path.name)
       height, width = photo.shape[:2]
       if annotation.width and annotation.height and (annotation.width, annotation.height) != (width, height):
         skips.warn(xml_path, "photo size differs from XML (boxes clipped to the photo)")
@@ -129,7 +136,7 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
         faces.append(dict(image=photo[y0:y1, x0:x1], class_name=obj.name,
                           file=photo_file, photo_index=len(photos) - 1, face_index=face_index,
                           box=box, crop_box=crop_box))
-    for name in sorted(unclaimed):
+    for name in sorted(listed - claimed):
       skips.add(images_dir / name, "photo without annotation")
 
     # Near-duplicate photos first, then faces: linked by photo group and by their own pixels.

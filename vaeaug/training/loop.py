@@ -83,7 +83,9 @@ class FitResult:
 
 
 class NonFiniteError(FloatingPointError):
-  """Training produced a non-finite value; nothing non-finite was checkpointed."""
+  """Training produced a non-finite value (a step metric such as loss or grad_norm, or the state
+  about to be saved); the message names the step and the quantities. Nothing non-finite was
+  checkpointed: step metrics are checked before every save, and the saved state itself too."""
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
@@ -97,6 +99,22 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float) -> 
 _all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray(
     [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     or [True])))
+
+
+def _first_nonfinite(value) -> float:
+  flat = np.asarray(value, np.float64).ravel()
+  return float(flat[~np.isfinite(flat)][0])
+
+
+def _nonfinite_leaves(tree, limit: int = 3) -> list[str]:
+  """Paths ("params/convs/0/kernel") of the first few float leaves holding NaN or Inf."""
+  found = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
+      found.append("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path))
+      if len(found) == limit:
+        break
+  return found
 
 
 def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_data, config: LoopConfig,
@@ -132,10 +150,18 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
   step = int(state.step)
   progress = logs.Progress(total_steps, start_step=step, enabled=config.progress and is_chief)
 
+  last_saved = resumed_from
+
   def save(step_now):
-    if not bool(_all_finite((state.params, state.model_state))):
-      raise NonFiniteError(f"non-finite parameters at step {step_now}; not checkpointed")
+    nonlocal last_saved
+    # The step metrics up to here were checked by flush(); this also catches a state that went
+    # non-finite without its metrics showing it (e.g. an optimizer statistic).
+    tree = {"params": state.params, "model_state": state.model_state, "opt_state": state.opt_state, "best": best}
+    if not bool(_all_finite(tree)):
+      raise NonFiniteError(f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
+                           f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}")
     checkpointer.save(step_now, state, best, record)
+    last_saved = step_now
 
   pending: list[tuple[int, dict]] = []  # device-side step metrics not yet fetched
   interval_start, interval_steps = time.perf_counter(), 0
@@ -146,9 +172,11 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
       return
     fetched = jax.device_get([metrics for _, metrics in pending])
     for (s, _), values in zip(pending, fetched):
-      for name, value in values.items():
-        if not np.all(np.isfinite(value)):
-          raise NonFiniteError(f"non-finite {name} ({float(np.asarray(value).ravel()[0])}) at step {s}")
+      bad = {name: value for name, value in values.items() if not np.all(np.isfinite(value))}
+      if bad:  # the earliest bad step, with every quantity that went non-finite in it
+        shown = ", ".join(f"{name} ({_first_nonfinite(value)})" for name, value in bad.items())
+        raise NonFiniteError(f"non-finite {shown} at step {s}; training stopped, last checkpoint: "
+                             f"{'none' if last_saved is None else f'step {last_saved}'}")
     elapsed = time.perf_counter() - interval_start
     mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
     rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")

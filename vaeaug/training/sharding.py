@@ -59,3 +59,21 @@ def check_batch_size(global_batch_size: int, mesh) -> None:
   devices = mesh.devices.size
   if global_batch_size % devices:
     raise ValueError(f"batch size {global_batch_size} is not divisible by the {devices} devices of the mesh")
+
+
+def shard_global_batch(batch: dict, mesh) -> dict:
+  """A batch that every process holds in full (evaluation data) -> global arrays sharded over the
+  data axis; each process places only the rows of its own devices."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return {key: jax.make_array_from_callback(np.shape(value), sharding, lambda index, v=np.asarray(value): v[index])
+          for key, value in batch.items()}
+
+
+def fetch(tree):
+  """Host numpy copy of arrays that may span several processes, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # multi-host only
+  return multihost_utils.process_allgather(tree, tiled=True)
