@@ -94,6 +94,9 @@ def cells_of(config) -> list[Cell]:
           for seed in seeds for arm in arms]
 
 
+_NEUTRAL_FIELDS = {"compute_dtype": "float32"}
+
+
 def config_hash(config) -> str:
   """Hash of everything that changes a cell's result (not the grid itself, not progress/logging),
   so cells of an extended grid are reused and cells of a changed recipe are not."""
@@ -104,6 +107,11 @@ def config_hash(config) -> str:
   for sub in ("classifier", "generator"):
     for key in ("progress", "data_dir", "figures", "num_devices", "distributed"):
       recipe[sub].pop(key, None)
+    # Fields added after results were recorded: at these values they reproduce the earlier behaviour,
+    # so they stay out of the hash and recorded cells remain valid.
+    for key, value in _NEUTRAL_FIELDS.items():
+      if recipe[sub].get(key) == value:
+        recipe[sub].pop(key)
   text = json.dumps(recipe, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
