@@ -60,9 +60,15 @@ stage (stage i has ``num_filters * 2**i`` channels, times 4 at the output of bot
 Conv kernels use He-normal (fan-out) init as in torchvision; BN momentum 0.9 (= PyTorch 0.1).
 
 Speed (``vaeaug.models.layers``): pooling uses the reshape / slice pools (XLA's reduce_window
-max-pool backward is several times slower on CPU) and convs are ``layers.Conv``, which runs convs
-on maps of at most 3x3 as im2col + matmul (XLA's CPU conv takes ~1 s for a 3x3 conv on a 2x2x512
-map at batch 64: the last ResNet stage at 32-64 px). Parameters and results are nnx.Conv's.
+max-pool backward is several times slower on CPU; the 3x3/2 stem pool has a custom backward) and
+convs are ``layers.Conv``, which runs convs on maps of at most 3x3 as im2col + matmul (XLA's CPU
+conv takes ~1 s for a 3x3 conv on a 2x2x512 map at batch 64: the last ResNet stage at 32-64 px)
+and, on CPU, computes the kernel gradient of large-map, wide convs as matmuls. Parameters and
+results are nnx.Conv's. ``scripts/benchmark.py`` measures the train steps against PyTorch.
+
+Mixed precision: every model takes ``dtype`` ("float32" default, "bfloat16"; see
+``layers.compute_dtype``): convs, matmuls and activations run in that dtype, parameters and
+BatchNorm statistics stay float32 (same checkpoints), and the logits are returned as float32.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from vaeaug.models import layers
@@ -159,12 +166,13 @@ class Classifier(nnx.Module):
     head_kind: str
     num_classes: int
     has_dropout: bool = False
+    dtype: Any = None  # compute dtype (layers.compute_dtype); parameters are float32
 
     def _init_head(self, in_features: int, num_classes: int, head: str, rngs: nnx.Rngs) -> None:
         self.head_kind = resolve_head(head, num_classes)
         self.num_classes = num_classes
         self.num_logits = 1 if self.head_kind == "binary" else num_classes
-        self.head = nnx.Linear(in_features, self.num_logits, rngs=rngs)
+        self.head = nnx.Linear(in_features, self.num_logits, dtype=self.dtype, rngs=rngs)
 
     def _dropout_rngs(self, train: bool, rngs: RngsLike, needed: bool | None = None):
         """``rngs`` as nnx.Rngs / RngStream; ValueError if dropout will run (train mode and
@@ -186,6 +194,10 @@ class Classifier(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
         rngs = self._dropout_rngs(train, rngs)  # convert once: one stream for both halves
         return self.classify(self.features(x, train=train, rngs=rngs), train=train, rngs=rngs)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        # float32 logits whatever the compute dtype: losses and probabilities need the range
+        return self.head(x).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- CNN
@@ -214,6 +226,7 @@ class CNN(Classifier):
       in_features: input channels.
       padding: "SAME" (default) or "VALID" for the convs.
       dense_dropout: rate applied after every hidden dense layer.
+      dtype: compute dtype (``layers.compute_dtype``; None = float32); parameters stay float32.
     """
 
     def __init__(
@@ -235,6 +248,7 @@ class CNN(Classifier):
         in_features: int = 3,
         padding: str = "SAME",
         dense_dropout: float = 0.0,
+        dtype: Any = None,
     ):
         conv_features = tuple(conv_features) if isinstance(conv_features, (list, tuple)) else None
         if not conv_features or not all(isinstance(f, int) and f > 0 for f in conv_features):
@@ -260,6 +274,7 @@ class CNN(Classifier):
         dropout = _rate(dropout, "dropout")
         conv_dropout = _rate(conv_dropout, "conv_dropout")
         dense_dropout = _rate(dense_dropout, "dense_dropout")
+        self.dtype = dtype = layers.compute_dtype(dtype)
 
         self.conv_features = conv_features
         self.kernel_sizes = kernel_sizes
@@ -273,9 +288,10 @@ class CNN(Classifier):
         size, channels = image_size, in_features
         for features, k, p in zip(conv_features, kernel_sizes, pools):
             convs.append(layers.Conv(channels, features, (k, k), padding=padding,
-                                     use_bias=not self.batch_norm, rngs=rngs))
+                                     use_bias=not self.batch_norm, dtype=dtype, rngs=rngs))
             if self.batch_norm:
-                norms.append(nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs))
+                norms.append(nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+                                           rngs=rngs))
             channels = features
             if padding == "VALID":
                 size -= k - 1
@@ -299,7 +315,7 @@ class CNN(Classifier):
         self.dropout = nnx.Dropout(dropout)
         dense = []
         for features in dense_features:
-            dense.append(nnx.Linear(width, features, rngs=rngs))
+            dense.append(nnx.Linear(width, features, dtype=dtype, rngs=rngs))
             width = features
         self.dense = nnx.List(dense)
         self.dense_dropout = nnx.Dropout(dense_dropout)
@@ -341,7 +357,7 @@ class CNN(Classifier):
         x = self.dropout(x, deterministic=not train, rngs=rngs)
         for dense in self.dense:
             x = self.dense_dropout(self.act(dense(x)), deterministic=not train, rngs=rngs)
-        return self.head(x)
+        return self._logits(x)
 
 
 # ----------------------------------------------------------------------------- ResNet
@@ -349,15 +365,15 @@ class CNN(Classifier):
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_
 
 
-def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> layers.Conv:
+def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype=None) -> layers.Conv:
     """Bias-free conv with PyTorch-style symmetric padding k // 2 (output = ceil(H / stride))."""
     pad = k // 2
     return layers.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                       use_bias=False, kernel_init=_conv_init, rngs=rngs)
+                       use_bias=False, kernel_init=_conv_init, dtype=dtype, rngs=rngs)
 
 
-def _bn(features: int, rngs: nnx.Rngs, zero: bool = False) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs,
+def _bn(features: int, rngs: nnx.Rngs, zero: bool = False, dtype=None) -> nnx.BatchNorm:
+    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs,
                          scale_init=nnx.initializers.zeros_init() if zero else nnx.initializers.ones_init())
 
 
@@ -367,16 +383,16 @@ class BasicBlock(nnx.Module):
     expansion = 1
 
     def __init__(self, in_features: int, features: int, strides: int, *, act: Callable,
-                 zero_init_residual: bool, rngs: nnx.Rngs):
+                 zero_init_residual: bool, rngs: nnx.Rngs, dtype=None):
         out = features * self.expansion
         self.act = act
-        self.conv1 = _conv(in_features, features, 3, strides, rngs)
-        self.bn1 = _bn(features, rngs)
-        self.conv2 = _conv(features, out, 3, 1, rngs)
-        self.bn2 = _bn(out, rngs, zero=zero_init_residual)
+        self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype)
+        self.bn1 = _bn(features, rngs, dtype=dtype)
+        self.conv2 = _conv(features, out, 3, 1, rngs, dtype)
+        self.bn2 = _bn(out, rngs, zero=zero_init_residual, dtype=dtype)
         if strides != 1 or in_features != out:
-            self.proj_conv = _conv(in_features, out, 1, strides, rngs)
-            self.proj_bn = _bn(out, rngs)
+            self.proj_conv = _conv(in_features, out, 1, strides, rngs, dtype)
+            self.proj_bn = _bn(out, rngs, dtype=dtype)
         else:
             self.proj_conv = self.proj_bn = None
 
@@ -396,18 +412,18 @@ class BottleneckBlock(nnx.Module):
     expansion = 4
 
     def __init__(self, in_features: int, features: int, strides: int, *, act: Callable,
-                 zero_init_residual: bool, rngs: nnx.Rngs):
+                 zero_init_residual: bool, rngs: nnx.Rngs, dtype=None):
         out = features * self.expansion
         self.act = act
-        self.conv1 = _conv(in_features, features, 1, 1, rngs)
-        self.bn1 = _bn(features, rngs)
-        self.conv2 = _conv(features, features, 3, strides, rngs)
-        self.bn2 = _bn(features, rngs)
-        self.conv3 = _conv(features, out, 1, 1, rngs)
-        self.bn3 = _bn(out, rngs, zero=zero_init_residual)
+        self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype)
+        self.bn1 = _bn(features, rngs, dtype=dtype)
+        self.conv2 = _conv(features, features, 3, strides, rngs, dtype)
+        self.bn2 = _bn(features, rngs, dtype=dtype)
+        self.conv3 = _conv(features, out, 1, 1, rngs, dtype)
+        self.bn3 = _bn(out, rngs, zero=zero_init_residual, dtype=dtype)
         if strides != 1 or in_features != out:
-            self.proj_conv = _conv(in_features, out, 1, strides, rngs)
-            self.proj_bn = _bn(out, rngs)
+            self.proj_conv = _conv(in_features, out, 1, strides, rngs, dtype)
+            self.proj_bn = _bn(out, rngs, dtype=dtype)
         else:
             self.proj_conv = self.proj_bn = None
 
@@ -439,6 +455,7 @@ class ResNet(Classifier):
       zero_init_residual: init the last BN scale of every block to 0 (Goyal et al.). Off by
         default (as torchvision): with it on, the residual-branch convs get zero gradients at step 0.
       in_features: input channels.
+      dtype: compute dtype (``layers.compute_dtype``; None = float32); parameters stay float32.
     """
 
     def __init__(
@@ -455,6 +472,7 @@ class ResNet(Classifier):
         dropout: float = 0.0,
         zero_init_residual: bool = False,
         in_features: int = 3,
+        dtype: Any = None,
     ):
         stage_sizes = tuple(stage_sizes) if isinstance(stage_sizes, (list, tuple)) else None
         if not stage_sizes or not all(isinstance(s, int) and s > 0 for s in stage_sizes):
@@ -471,19 +489,20 @@ class ResNet(Classifier):
         self.block_kind = block
         self.small_images = bool(small_images)
         self.in_features = in_features
+        self.dtype = dtype = layers.compute_dtype(dtype)
 
         if self.small_images:
-            self.stem_conv = _conv(in_features, num_filters, 3, 1, rngs)
+            self.stem_conv = _conv(in_features, num_filters, 3, 1, rngs, dtype)
         else:
-            self.stem_conv = _conv(in_features, num_filters, 7, 2, rngs)
-        self.stem_bn = _bn(num_filters, rngs)
+            self.stem_conv = _conv(in_features, num_filters, 7, 2, rngs, dtype)
+        self.stem_bn = _bn(num_filters, rngs, dtype=dtype)
         block_cls = BLOCKS[block]
         blocks, channels = [], num_filters
         for i, n in enumerate(stage_sizes):
             for j in range(n):
                 strides = 2 if i > 0 and j == 0 else 1
                 blocks.append(block_cls(channels, num_filters * 2**i, strides, act=self.act,
-                                        zero_init_residual=zero_init_residual, rngs=rngs))
+                                        zero_init_residual=zero_init_residual, rngs=rngs, dtype=dtype))
                 channels = num_filters * 2**i * block_cls.expansion
         self.blocks = nnx.List(blocks)
         self.num_features = channels
@@ -504,7 +523,7 @@ class ResNet(Classifier):
         rngs = self._dropout_rngs(train, rngs)
         x = layers.global_avg_pool(features)
         x = self.dropout(x, deterministic=not train, rngs=rngs)
-        return self.head(x)
+        return self._logits(x)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")

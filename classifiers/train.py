@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 def create_train_state_for(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> TrainState:
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed), head=config.head,
-                              image_size=config.image_size, **dict(config.model_overrides))
+                              image_size=config.image_size, dtype=config.get("compute_dtype", "float32"),
+                              **dict(config.model_overrides))
   total_steps = steps_per_epoch * config.epochs
   schedule = make_schedule(config.schedule, config.learning_rate, total_steps,
                            warmup_steps=round(config.warmup_epochs * steps_per_epoch))

@@ -236,3 +236,72 @@ def test_conv_module_equals_nnx_conv():
     for size in (2, 6):
         x = normal(size, (2, size, size, 3))
         np.testing.assert_allclose(call(ours, x), call(ref, x), rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_3x3_s2_gradient_at_ties_matches_flax():
+    """The custom backward sends each window's gradient to its first maximum in row-major
+    order - the entry reduce_window's select_and_scatter picks - so even with ties (ReLU zeros,
+    repeated values) the gradient equals flax's exactly, and odd sizes / padding are handled."""
+    rng = np.random.default_rng(0)
+    for shape in [(2, 8, 8, 3), (1, 7, 9, 2), (1, 4, 4, 1)]:
+        x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0).astype(np.float32))  # many ties
+        w = normal(1, jax.eval_shape(flax_max_3x3_s2, x).shape)
+        out, ref, g_ours, g_ref = forward_and_grads(layers.max_pool_3x3_s2, flax_max_3x3_s2, x, w)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+    x = jnp.zeros((1, 4, 4, 1))  # all tied: the top-left entry of each window wins
+    g = np.asarray(grad_of(layers.max_pool_3x3_s2, x, jnp.ones((1, 2, 2, 1))))[0, :, :, 0]
+    np.testing.assert_array_equal(g, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+# (H, W, C_in, C_out, kernel, stride, padding): maps of >= KERNEL_GRAD_MIN_PIXELS pixels with
+# >= KERNEL_GRAD_MIN_FEATURES output channels take the matmul kernel gradient.
+KERNEL_GRAD_CASES = [
+    (32, 32, 3, 96, 3, 1, "SAME"),               # few input channels: one matmul per kernel row
+    (32, 32, 8, 96, 3, 1, "SAME"),               # one matmul per kernel tap
+    (33, 32, 8, 100, 3, 2, "SAME"),              # stride 2, asymmetric SAME padding
+    (32, 34, 4, 96, 5, 1, ((2, 1), (0, 3))),     # explicit uneven padding, 5x5
+    (32, 32, 8, 96, 1, 1, "VALID"),              # 1x1
+]
+
+
+@pytest.mark.parametrize("h, w, cin, cout, k, stride, padding", KERNEL_GRAD_CASES)
+def test_conv_matmul_kernel_grad_matches_lax(h, w, cin, cout, k, stride, padding):
+    x, kernel = normal(h + cin, (2, h, w, cin)), normal(cout + k, (k, k, cin, cout)) / np.sqrt(k * k * cin)
+    pad = padding if isinstance(padding, str) else tuple(padding)
+    assert h * w >= layers.KERNEL_GRAD_MIN_PIXELS and cout >= layers.KERNEL_GRAD_MIN_FEATURES
+    jaxpr = jax.make_jaxpr(lambda a, b: our_conv(a, b, stride, pad))(x, kernel)
+    assert "custom_vjp_call" in {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+    @jax.jit
+    def both(x, kernel):
+        ref, ours = lax_conv(x, kernel, stride, pad), our_conv(x, kernel, stride, pad)
+        wt = normal(3, ref.shape)
+        g_ref = jax.grad(lambda a, b: jnp.sum(lax_conv(a, b, stride, pad) * wt), argnums=(0, 1))(x, kernel)
+        g_ours = jax.grad(lambda a, b: jnp.sum(our_conv(a, b, stride, pad) * wt), argnums=(0, 1))(x, kernel)
+        return ref, ours, g_ref, g_ours
+
+    ref, ours, g_ref, g_ours = both(x, kernel)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_ours[0], g_ref[0], rtol=1e-4, atol=1e-4)   # input gradient
+    np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=2e-3)   # kernel gradient (sums 2*h*w terms)
+
+
+def test_conv_matmul_kernel_grad_only_for_large_maps_with_many_outputs():
+    def primitives(size, cout):
+        k = jnp.zeros((3, 3, 4, cout))
+        jaxpr = jax.make_jaxpr(lambda x: our_conv(x, k, 1, "SAME"))(jnp.zeros((1, size, size, 4)))
+        return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+    assert "custom_vjp_call" in primitives(32, 96)
+    assert "custom_vjp_call" not in primitives(31, 96) and "conv_general_dilated" in primitives(31, 96)
+    assert "custom_vjp_call" not in primitives(32, 95)
+
+
+def test_compute_dtype():
+    assert layers.compute_dtype(None) == jnp.float32
+    assert layers.compute_dtype("bfloat16") == jnp.bfloat16
+    assert layers.compute_dtype(jnp.float16) == jnp.float16
+    for bad in ("float64", "int8", "bf16", 3):
+        with pytest.raises(ValueError, match="compute dtype"):
+            layers.compute_dtype(bad)

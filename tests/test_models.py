@@ -408,6 +408,42 @@ def test_jitted_train_step_updates_params_and_batch_stats():
     assert all(not np.array_equal(a, b) for a, b in zip(s0, batch_stats_of(model)))
 
 
+def test_bfloat16_compute_train_step_keeps_float32_params():
+    """dtype="bfloat16": convs and matmuls run in bf16, while parameters, BatchNorm statistics,
+    gradients, the optimizer update and the logits stay float32 (checkpoints are unchanged)."""
+    import optax
+
+    f32 = build("resnet18_small", num_filters=4)
+    model = build("resnet18_small", num_filters=4, dtype="bfloat16")
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), nnx.state(model)) == \
+        jax.tree.map(lambda a: (a.shape, a.dtype), nnx.state(f32))
+    x, y = images(8, 16, seed=4), jnp.array([0, 1] * 4, jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x: model(x, train=False))(x)
+    convs = [e for e in jaxpr.jaxpr.eqns if str(e.primitive) == "conv_general_dilated"]
+    assert convs and all(e.invars[0].aval.dtype == jnp.bfloat16 for e in convs)
+    logits, ref = run(model, x, train=False), run(f32, x, train=False)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, ref, rtol=0.1, atol=0.1 * float(jnp.abs(ref).max()))
+
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        def loss_fn(model):
+            return optax.sigmoid_binary_cross_entropy(model(x, train=True)[:, 0], y).mean()
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return loss, grads
+
+    p0 = params_of(model)
+    for _ in range(3):
+        loss, grads = step(model, opt)
+        assert np.isfinite(float(loss))
+    assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    assert {p.dtype for p in params_of(model) + batch_stats_of(model)} == {np.dtype(np.float32)}
+    assert all(not np.array_equal(a, b) for a, b in zip(p0, params_of(model)))
+
+
 # ----------------------------------------------------------------------------- options
 
 

@@ -40,7 +40,7 @@ def create_model(config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
   if "channels" in options:
     options["channels"] = tuple(options["channels"])
   return autoencoders.create_autoencoder(config.model, image_size=config.image_size, num_classes=num_classes,
-                                         rngs=rngs, **options)
+                                         rngs=rngs, dtype=config.get("compute_dtype", "float32"), **options)
 
 
 def create_generator_state(config, num_classes: int, steps_per_epoch: int) -> TrainState:

@@ -26,6 +26,9 @@ def get_config():
   config.momentum = 0.9
   config.nesterov = False
   config.grad_clip_norm = ml_collections.config_dict.placeholder(float)
+  # Activation / matmul dtype: float32, or bfloat16 (mixed precision for GPU/TPU; parameters,
+  # optimizer state, BatchNorm statistics, logits and losses stay float32).
+  config.compute_dtype = "float32"
 
   config.log_every_steps = 10
   config.checkpoint_every_steps = 0  # besides epoch ends; multiple of log_every_steps

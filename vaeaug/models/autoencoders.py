@@ -39,10 +39,16 @@ BN / activation). Upsampling (``upsample=``):
 Convolutions are ``layers.Conv`` (an ``nnx.Conv``: same parameters) computing with
 ``layers.conv_general_dilated``: im2col + matmul when the output map has at most 4x4 pixels (XLA's CPU
 convolution takes seconds for a 3x3 conv on 2x2 maps with 512+ channels), the XLA convolution
-elsewhere - same results up to float rounding. ``upsample="transpose"``'s ``nnx.ConvTranspose``
+elsewhere, with (on CPU) a matmul kernel gradient for the 32x32+ decoder stage (about half the
+time of XLA's) - same results up to float rounding. ``upsample="transpose"``'s ``nnx.ConvTranspose``
 has no such path. Convolutions followed by BatchNorm have no bias; BN momentum 0.9 (= PyTorch
 0.1), eps 1e-5, as in ``classifiers.models``. ``train=True`` normalises with batch statistics and updates the
 running averages (``nnx.BatchStat``); ``train=False`` uses the running averages.
+
+Mixed precision: ``dtype=`` ("float32" default, "bfloat16"; ``layers.compute_dtype``) sets the
+dtype of the convs, dense layers and activations; parameters and BatchNorm statistics stay
+float32, and ``encode`` / ``decode`` return float32 (codes, logits / means), so sampling, the KL
+and the likelihood are computed in float32.
 
 Conditioning (CVAE, or ``VAE(num_classes=K >= 2)``): the label's one-hot vector is appended to
 the encoder input as ``K`` constant extra channels and concatenated to ``z`` before the
@@ -218,13 +224,13 @@ def _leaky(x: jax.Array) -> jax.Array:
     return jax.nn.leaky_relu(x, LEAKY_SLOPE)
 
 
-def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+def _bn(features: int, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
+    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 _default_kernel_init = nnx.initializers.lecun_normal()
 # im2col + matmul on maps of <= 4x4 output pixels, XLA conv otherwise (XLA's CPU conv is
-# ~100x slower on 2x2 maps with many channels; see vaeaug.models.layers)
+# ~100x slower on 2x2 maps with many channels; see vaeaug.models.layers for this and the kernel grad)
 _CONV = layers.conv_general_dilated
 
 
@@ -245,19 +251,19 @@ class UpBlock(nnx.Module):
     """x2 upsampling stage: (subpixel | resize | transpose) conv -> BatchNorm -> LeakyReLU(0.2)."""
 
     def __init__(self, in_features: int, out_features: int, *, mode: str, resize_method: str,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, dtype=None):
         self.mode = mode
         self.resize_method = resize_method
         if mode == "subpixel":
             self.conv = layers.Conv(in_features, 4 * out_features, (3, 3), padding="SAME", use_bias=False,
-                                    kernel_init=_icnr_init(2), conv_general_dilated=_CONV, rngs=rngs)
+                                    kernel_init=_icnr_init(2), conv_general_dilated=_CONV, dtype=dtype, rngs=rngs)
         elif mode == "resize":
             self.conv = layers.Conv(in_features, out_features, (3, 3), padding="SAME", use_bias=False,
-                                    conv_general_dilated=_CONV, rngs=rngs)
+                                    conv_general_dilated=_CONV, dtype=dtype, rngs=rngs)
         else:
             self.conv = nnx.ConvTranspose(in_features, out_features, (3, 3), strides=(2, 2), padding="SAME",
-                                          use_bias=False, rngs=rngs)
-        self.norm = _bn(out_features, rngs)
+                                          use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm = _bn(out_features, rngs, dtype)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.mode == "subpixel":
@@ -305,7 +311,7 @@ class Autoencoder(nnx.Module):
 
     def __init__(self, *, image_size: int, latent_dim: int, channels: Sequence[int], upsample: str,
                  likelihood: str, num_classes: int, learned_scale: bool, fixed_scale: float,
-                 resize_method: str, rngs: nnx.Rngs):
+                 resize_method: str, rngs: nnx.Rngs, dtype: Any = None):
         image_size = _positive_int(image_size, "image_size")
         latent_dim = _positive_int(latent_dim, "latent_dim")
         if not isinstance(channels, (list, tuple)) or not channels or \
@@ -341,6 +347,7 @@ class Autoencoder(nnx.Module):
         self.learned_scale = learned_scale
         self.fixed_scale = float(fixed_scale)
         self.bottleneck_shape = (image_size // factor, image_size // factor, channels[-1])
+        self.dtype = dtype = layers.compute_dtype(dtype)
         extra = num_classes if self.conditional else 0
 
         # encoder
@@ -348,8 +355,8 @@ class Autoencoder(nnx.Module):
         cin = IN_CHANNELS + extra
         for c in channels:
             convs.append(layers.Conv(cin, c, (3, 3), strides=(2, 2), padding="SAME", use_bias=False,
-                                     conv_general_dilated=_CONV, rngs=rngs))
-            norms.append(_bn(c, rngs))
+                                     conv_general_dilated=_CONV, dtype=dtype, rngs=rngs))
+            norms.append(_bn(c, rngs, dtype))
             cin = c
         self.enc_convs = nnx.List(convs)
         self.enc_norms = nnx.List(norms)
@@ -357,16 +364,16 @@ class Autoencoder(nnx.Module):
         self._init_latent_heads(flat, latent_dim, rngs)
 
         # decoder
-        self.dec_dense = nnx.Linear(latent_dim + extra, flat, rngs=rngs)
-        self.dec_norm = _bn(channels[-1], rngs)
+        self.dec_dense = nnx.Linear(latent_dim + extra, flat, dtype=dtype, rngs=rngs)
+        self.dec_norm = _bn(channels[-1], rngs, dtype)
         outs = tuple(reversed(channels[:-1])) + (channels[0],)
         blocks, cin = [], channels[-1]
         for c in outs:
-            blocks.append(UpBlock(cin, c, mode=upsample, resize_method=resize_method, rngs=rngs))
+            blocks.append(UpBlock(cin, c, mode=upsample, resize_method=resize_method, rngs=rngs, dtype=dtype))
             cin = c
         self.dec_blocks = nnx.List(blocks)
         self.dec_out = layers.Conv(cin, IN_CHANNELS, (3, 3), padding="SAME", use_bias=True,
-                                   conv_general_dilated=_CONV, rngs=rngs)
+                                   conv_general_dilated=_CONV, dtype=dtype, rngs=rngs)
 
         if likelihood == "gaussian" and learned_scale:
             self.log_scale = nnx.Param(jnp.asarray(math.log(self.fixed_scale), jnp.float32))
@@ -415,7 +422,8 @@ class Autoencoder(nnx.Module):
             x = jnp.concatenate([x, maps], axis=-1)
         for conv, norm in zip(self.enc_convs, self.enc_norms):
             x = _leaky(norm(conv(x), use_running_average=not train))
-        return self._latent(x.reshape(x.shape[0], -1))
+        # float32 codes whatever the compute dtype (sampling, KL and the loss need the range)
+        return jax.tree.map(lambda a: a.astype(jnp.float32), self._latent(x.reshape(x.shape[0], -1)))
 
     def decode(self, z: jax.Array, *, train: bool, labels=None) -> jax.Array:
         """(N, H, W, 3): logits ("bernoulli") or means in [0, 1] ("gaussian")."""
@@ -428,7 +436,7 @@ class Autoencoder(nnx.Module):
         h = _leaky(self.dec_norm(h, use_running_average=not train))
         for block in self.dec_blocks:
             h = block(h, train=train)
-        out = self.dec_out(h)
+        out = self.dec_out(h).astype(jnp.float32)
         return jax.nn.sigmoid(out) if self.likelihood == "gaussian" else out
 
     def to_image(self, decoder_output: jax.Array) -> jax.Array:
@@ -466,13 +474,13 @@ class DAE(Autoencoder):
 
     def __init__(self, *, image_size: int, latent_dim: int = 128, channels: Sequence[int] = (32, 64, 128, 256),
                  upsample: str = "subpixel", likelihood: str = "bernoulli", learned_scale: bool = True,
-                 fixed_scale: float = 0.1, resize_method: str = "nearest", rngs: nnx.Rngs):
+                 fixed_scale: float = 0.1, resize_method: str = "nearest", rngs: nnx.Rngs, dtype: Any = None):
         super().__init__(image_size=image_size, latent_dim=latent_dim, channels=channels, upsample=upsample,
                          likelihood=likelihood, num_classes=0, learned_scale=learned_scale,
-                         fixed_scale=fixed_scale, resize_method=resize_method, rngs=rngs)
+                         fixed_scale=fixed_scale, resize_method=resize_method, rngs=rngs, dtype=dtype)
 
     def _init_latent_heads(self, flat, latent_dim, rngs):
-        self.latent_head = nnx.Linear(flat, latent_dim, rngs=rngs)
+        self.latent_head = nnx.Linear(flat, latent_dim, dtype=self.dtype, rngs=rngs)
 
     def _latent(self, h):
         return self.latent_head(h), None
@@ -500,15 +508,15 @@ class VAE(Autoencoder):
     def __init__(self, *, image_size: int, latent_dim: int = 128,
                  channels: Sequence[int] = (32, 64, 128, 256, 512), upsample: str = "subpixel",
                  likelihood: str = "bernoulli", num_classes: int = 0, learned_scale: bool = True,
-                 fixed_scale: float = 0.1, resize_method: str = "nearest", rngs: nnx.Rngs):
+                 fixed_scale: float = 0.1, resize_method: str = "nearest", rngs: nnx.Rngs, dtype: Any = None):
         super().__init__(image_size=image_size, latent_dim=latent_dim, channels=channels, upsample=upsample,
                          likelihood=likelihood, num_classes=num_classes, learned_scale=learned_scale,
-                         fixed_scale=fixed_scale, resize_method=resize_method, rngs=rngs)
+                         fixed_scale=fixed_scale, resize_method=resize_method, rngs=rngs, dtype=dtype)
         self.kind = "cvae" if self.conditional else "vae"
 
     def _init_latent_heads(self, flat, latent_dim, rngs):
-        self.mean_head = nnx.Linear(flat, latent_dim, rngs=rngs)
-        self.logvar_head = nnx.Linear(flat, latent_dim, rngs=rngs)
+        self.mean_head = nnx.Linear(flat, latent_dim, dtype=self.dtype, rngs=rngs)
+        self.logvar_head = nnx.Linear(flat, latent_dim, dtype=self.dtype, rngs=rngs)
 
     def _latent(self, h):
         return self.mean_head(h), self.logvar_head(h)
@@ -537,12 +545,12 @@ class CVAE(VAE):
     def __init__(self, *, image_size: int, num_classes: int, latent_dim: int = 128,
                  channels: Sequence[int] = (32, 64, 128, 256, 512), upsample: str = "subpixel",
                  likelihood: str = "bernoulli", learned_scale: bool = True, fixed_scale: float = 0.1,
-                 resize_method: str = "nearest", rngs: nnx.Rngs):
+                 resize_method: str = "nearest", rngs: nnx.Rngs, dtype: Any = None):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"CVAE needs num_classes >= 2, got {num_classes!r}")
         super().__init__(image_size=image_size, latent_dim=latent_dim, channels=channels, upsample=upsample,
                          likelihood=likelihood, num_classes=num_classes, learned_scale=learned_scale,
-                         fixed_scale=fixed_scale, resize_method=resize_method, rngs=rngs)
+                         fixed_scale=fixed_scale, resize_method=resize_method, rngs=rngs, dtype=dtype)
 
 
 _CLASSES = {"dae": DAE, "vae": VAE, "cvae": CVAE}

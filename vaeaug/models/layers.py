@@ -13,16 +13,21 @@ the 2-core dev box). The pools below are written with reshapes / strided slices 
   ``nnx.max_pool(x, (2, 2), (2, 2))`` / ``nnx.avg_pool(...)`` exactly.
 * ``max_pool_3x3_s2``: window 3, stride 2, padding 1 on every side (the ResNet ImageNet stem,
   PyTorch convention; padded cells never win), output ``ceil(H / 2)``. Equals
-  ``nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))``.
+  ``nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))``, gradient included. Its backward
+  is a custom VJP: the autodiff of the nine-way ``jnp.maximum`` chain was one XLA fusion that
+  re-evaluates the chain per element (~9% of a ResNet-18 step at 64 px); the custom backward
+  marks each window's first maximum and scatters with strided pads, one fused pass (-9% CPU
+  time per ResNet-18 step).
 
 Gradients at ties (max pools). Without ties the gradient equals ``nnx.max_pool``'s: each window
-sends the whole upstream gradient to its maximum. When several entries of a window share the
-maximum, ``reduce_window`` sends all of it to one of them, whereas here each pairwise
-``jnp.maximum`` splits its incoming gradient equally between equal operands (JAX's rule for
-``lax.max``): a fully tied 2x2 window gives 1/4 to every entry, two tied entries get 1/2 each.
-In every case the gradient summed over a window is the same as ``nnx.max_pool``'s, so this only
-matters for exactly equal activations (e.g. a ReLU output of several zeros, where the upstream of
-a zero max is usually itself shared); it is a valid subgradient either way.
+sends the whole upstream gradient to its maximum. ``max_pool_3x3_s2`` also matches it at ties:
+the gradient goes to the window's first maximum in row-major order, the entry ``reduce_window``
+picks. In the 2x2 pools each pairwise ``jnp.maximum`` splits its incoming gradient equally
+between equal operands (JAX's rule for ``lax.max``): a fully tied 2x2 window gives 1/4 to every
+entry, two tied entries get 1/2 each. The gradient summed over a window is the same as
+``nnx.max_pool``'s, so this only matters for exactly equal activations (e.g. a ReLU output of
+several zeros, where the upstream of a zero max is usually itself shared); it is a valid
+subgradient either way. (A custom 2x2 backward was measured slower than this autodiff.)
 
 Convolutions on tiny feature maps
 ---------------------------------
@@ -34,6 +39,11 @@ stage of a ResNet at 32-64 px (ResNet-18, ImageNet stem, 64 px: 2.7 s of a 2.8 s
 ``conv_general_dilated=`` argument) and ``Conv`` (``nnx.Conv`` using it) compute 2-D NHWC convs
 whose input has ``H * W <= SMALL_SPATIAL_MAX`` (no dilation, no groups) as im2col + one matmul,
 and everything else with XLA's convolution. Both give the same result up to float rounding.
+
+Precision
+---------
+``compute_dtype(name)``: the activation / matmul dtype of a model ("float32", "bfloat16",
+"float16"; None = float32). Models take it as ``dtype=`` and keep float32 parameters.
 
 Activations
 -----------
@@ -50,10 +60,23 @@ column ``w * r + j``. A pure reshape / transpose (fast both ways under XLA).
 The im2col path is also taken when the conv's OUTPUT map has at most ``IM2COL_MAX_OUTPUT_PIXELS``
 (16) pixels - e.g. a stride-2 conv from a 4x4 to a 2x2 map (256 -> 512 channels, batch 64: ~0.36 s
 forward + backward in XLA vs ~0.012 s as im2col), the last encoder stage of the autoencoders.
+
+Kernel gradients of large-map convs (CPU only). XLA computes d(conv)/d(kernel) as a convolution
+over batch/feature-transposed activations: transposes (which re-run the fused BatchNorm / ReLU
+producers) plus a conv whose "window" is the whole map - on CPU about 2x the time of the same
+contraction as matmuls for a 3x3 32 -> 128 conv on 32x32 maps (the last decoder stage of the
+autoencoders) and for the 3 -> 96 first conv of ``cnn96``. Convs with an input map of at least
+``KERNEL_GRAD_MIN_PIXELS`` pixels and ``KERNEL_GRAD_MIN_FEATURES`` output channels therefore
+take a custom VJP: forward and input gradient are XLA's, the kernel gradient is one matmul per
+kernel tap contracting (N, H, W) (one per kernel row when the input has few channels). Smaller
+maps / fewer channels (e.g. ResNet stages with 64 channels, the 32 -> 3 decoder output) were
+measured faster with XLA's own kernel gradient and keep it. Results equal XLA's up to float
+rounding; on GPU / TPU the plain XLA convolution is used.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -69,6 +92,7 @@ __all__ = [
     "activation",
     "conv_general_dilated",
     "avg_pool_2x2",
+    "compute_dtype",
     "global_avg_pool",
     "max_pool_2x2",
     "max_pool_3x3_s2",
@@ -102,6 +126,25 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name.lower()]
+
+
+# ----------------------------------------------------------------------------- precision
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(value) -> jnp.dtype:
+    """The activation / matmul dtype named by ``value`` ("float32" | "bfloat16" | "float16", a
+    numpy / jax dtype, or None for float32). Parameters stay float32 whatever this is."""
+    if value is None:
+        return jnp.dtype(jnp.float32)
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {value!r}")
+    return dtype
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -150,19 +193,62 @@ def pool_2x2(kind: str | None) -> Callable[[jax.Array], jax.Array] | None:
     raise ValueError(f"unknown pool {kind!r}; choose 'max', 'avg' or None")
 
 
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """3x3 max-pool, stride 2, padding 1 each side (ResNet stem). (..., H, W, C) ->
-    (..., ceil(H/2), ceil(W/2), C). Padding is -inf, so padded cells never win."""
-    h, w = _check_spatial(x, "max_pool_3x3_s2", 1)
+def _windows_3x3_s2(x: jax.Array) -> list[jax.Array]:
+    """The nine (..., ceil(H/2), ceil(W/2), C) strided slices of the -inf padded input, in
+    row-major window order."""
+    h, w = x.shape[-3], x.shape[-2]
     ho, wo = (h + 1) // 2, (w + 1) // 2
     pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
     xp = jnp.pad(x, pad, constant_values=-jnp.inf)
+    return [xp[..., di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :] for di in range(3) for dj in range(3)]
+
+
+def _max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
     out = None
-    for di in range(3):
-        for dj in range(3):
-            s = xp[..., di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :]
-            out = s if out is None else jnp.maximum(out, s)
+    for s in _windows_3x3_s2(x):
+        out = s if out is None else jnp.maximum(out, s)
     return out
+
+
+@jax.custom_vjp
+def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    return _max_pool_3x3_s2_plain(x)
+
+
+def _max_pool_3x3_s2_fwd(x):
+    out = _max_pool_3x3_s2_plain(x)
+    return out, (x, out)
+
+
+def _max_pool_3x3_s2_bwd(res, g):
+    # Each window's gradient goes to its first maximum in row-major order (what reduce_window's
+    # select_and_scatter picks), scattered back with strided (interior) pads that XLA fuses.
+    x, out = res
+    h, w = x.shape[-3], x.shape[-2]
+    windows = _windows_3x3_s2(x)
+    first = jnp.full(out.shape, 8, jnp.int8)
+    for k in range(7, -1, -1):
+        first = jnp.where(windows[k] == out, jnp.int8(k), first)
+    zero = jnp.zeros((), g.dtype)
+    dxp = None
+    ho, wo = out.shape[-3], out.shape[-2]
+    lead = [(0, 0, 0)] * (x.ndim - 3)
+    for k in range(9):
+        di, dj = divmod(k, 3)
+        part = lax.pad(jnp.where(first == k, g, zero), zero,
+                       lead + [(di, h + 2 - di - (2 * ho - 1), 1), (dj, w + 2 - dj - (2 * wo - 1), 1), (0, 0, 0)])
+        dxp = part if dxp is None else dxp + part
+    return (dxp[..., 1 : h + 1, 1 : w + 1, :],)
+
+
+_max_pool_3x3_s2.defvjp(_max_pool_3x3_s2_fwd, _max_pool_3x3_s2_bwd)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """3x3 max-pool, stride 2, padding 1 each side (ResNet stem). (..., H, W, C) ->
+    (..., ceil(H/2), ceil(W/2), C). Padding is -inf, so padded cells never win."""
+    _check_spatial(x, "max_pool_3x3_s2", 1)
+    return _max_pool_3x3_s2(x)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
@@ -196,6 +282,11 @@ def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
 
 SMALL_SPATIAL_MAX = 9  # input H * W at or below which convs run as im2col + matmul (<= 3x3 maps)
 IM2COL_MAX_OUTPUT_PIXELS = 16  # also when the output H * W is at most this (e.g. a stride-2 4x4 -> 2x2)
+# XLA computes a conv's kernel gradient as a convolution over transposed activations, slow for
+# large maps with many output channels (a 3x3 32->128 conv on 32x32 maps: ~2x the matmul form).
+KERNEL_GRAD_MIN_PIXELS = 1024  # input H * W (32x32) ...
+KERNEL_GRAD_MIN_FEATURES = 96  # ... and output channels from which the kernel grad is matmuls
+KERNEL_GRAD_ROW_MAX_CHANNELS = 8  # below this many input channels, one matmul per kernel row
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -224,11 +315,11 @@ def _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type):
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None, out_sharding=None):
-    """``jax.lax.conv_general_dilated`` with an im2col fast path for tiny NHWC inputs.
-
-    Used when the conv is 2-D NHWC/HWIO (as ``nnx.Conv`` builds it), undilated, ungrouped, and the
-    input map has ``H * W <= SMALL_SPATIAL_MAX`` or the output map at most
-    ``IM2COL_MAX_OUTPUT_PIXELS`` pixels; otherwise this is ``lax.conv_general_dilated``.
+    """``jax.lax.conv_general_dilated`` with fast paths for 2-D NHWC/HWIO convs (as ``nnx.Conv``
+    builds them), undilated and ungrouped: im2col + matmul when the input map has
+    ``H * W <= SMALL_SPATIAL_MAX`` or the output map at most ``IM2COL_MAX_OUTPUT_PIXELS`` pixels;
+    on CPU, a matmul kernel gradient when the input map has ``>= KERNEL_GRAD_MIN_PIXELS`` pixels
+    and the output ``>= KERNEL_GRAD_MIN_FEATURES`` channels; otherwise ``lax.conv_general_dilated``.
     """
     plain = (
         lhs.ndim == 4 and rhs.ndim == 4
@@ -246,12 +337,59 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
         if _small_spatial(lhs.shape) or (oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS):
             return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+        if (jax.default_backend() == "cpu" and precision is None and preferred_element_type is None
+                and lhs.dtype == rhs.dtype
+                and lhs.shape[1] * lhs.shape[2] >= KERNEL_GRAD_MIN_PIXELS
+                and rhs.shape[3] >= KERNEL_GRAD_MIN_FEATURES):
+            return _conv_matmul_kernel_grad(lhs, rhs, strides, pads)
     kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type, **kwargs)
+
+
+def _xla_conv(lhs, rhs, strides, pads):
+    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_kernel_grad(lhs, rhs, strides, pads):
+    return _xla_conv(lhs, rhs, strides, pads)
+
+
+def _conv_matmul_kernel_grad_fwd(lhs, rhs, strides, pads):
+    return _xla_conv(lhs, rhs, strides, pads), (lhs, rhs)
+
+
+def _kernel_grad(x, g, kernel_shape, strides, pads):
+    """d(sum(conv(x, k) * g)) / dk for NHWC x, g as matmuls contracting (N, H, W) - no
+    transposes. One matmul per kernel tap, or per kernel row (taps concatenated along channels)
+    when the input has few channels (tiny contractions are inefficient)."""
+    kh, kw, ci, co = kernel_shape
+    _, oh, ow, _ = g.shape
+    (pt, pb), (pl, pr) = pads
+    sh, sw = strides
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    tap = lambda i, j: xp[:, i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw, :]  # noqa: E731
+    contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
+    if ci < KERNEL_GRAD_ROW_MAX_CHANNELS:
+        parts = [lax.dot_general(jnp.concatenate([tap(i, j) for j in range(kw)], axis=-1), g, contract)
+                 for i in range(kh)]
+    else:
+        parts = [lax.dot_general(tap(i, j), g, contract) for i in range(kh) for j in range(kw)]
+    return jnp.stack(parts).reshape(kernel_shape)
+
+
+def _conv_matmul_kernel_grad_bwd(strides, pads, res, g):
+    lhs, rhs = res
+    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads), lhs)
+    (dx,) = input_vjp(g)
+    return dx, _kernel_grad(lhs, g, rhs.shape, strides, pads).astype(rhs.dtype)
+
+
+_conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
 
 
 def _small_spatial(shape: Sequence[int]) -> bool:

@@ -8,6 +8,10 @@ global array.
 
 from __future__ import annotations
 
+import collections
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
@@ -53,6 +57,34 @@ def shard_batch(batch: dict, mesh) -> dict:
     return jax.device_put(batch, sharding)
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
           for key, value in batch.items()}
+
+
+def prefetch_to_device(batches: Iterable[dict], mesh, size: int = 2,
+                       keys: Sequence[str] | None = None) -> Iterator[dict]:
+  """`shard_batch` of each host batch of `batches`, transferred `size` batches ahead.
+
+  When batch i is handed out, batches i+1 .. i+size-1 are already on their way to the devices
+  (`jax.device_put` is asynchronous); batch i+size is read and sent when the consumer asks for
+  the next batch, i.e. right after it dispatched its (asynchronous) step on batch i. So on an
+  accelerator the host input pipeline and the host-to-device copy of the next batch overlap the
+  running step, and step i+1 never waits for its input. `keys`: keep only these entries of each
+  batch (e.g. drop a host-only "mask"). Batches come out in order with the values of
+  `shard_batch`; `size=1` transfers nothing ahead.
+  """
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"prefetch size must be an int >= 1, got {size!r}")
+  iterator = iter(batches)
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(iterator, n):
+      queue.append(shard_batch(batch if keys is None else {k: batch[k] for k in keys}, mesh))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    # Runs when the consumer asks for the next batch, i.e. after it dispatched its (async) step.
+    enqueue(1)
 
 
 def check_batch_size(global_batch_size: int, mesh) -> None:
