@@ -58,10 +58,19 @@ def main(spec_path: str, result_path: str) -> None:
     raise ValueError(f"unknown action {spec['action']!r}")
   result["opened"] = sorted(opened)
   result["listed"] = sorted(listed)
-  result["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+  result["maxrss_bytes"] = _peak_rss_bytes()
   with open(result_path, "w") as f:
     json.dump(result, f)
 
+
+
+def _peak_rss_bytes() -> int:
+  """Peak resident memory of this process since exec. Not getrusage's ru_maxrss: Linux carries that
+  over fork + exec, so a worker started by a large pytest process would report its parent's peak."""
+  for line in open("/proc/self/status").read().splitlines():
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) * 1024  # kB
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: an upper bound
 
 if __name__ == "__main__":
   main(*sys.argv[1:])
