@@ -281,7 +281,6 @@ class Sweep:
     per_class = math.ceil(max(self.config.synthesis.synthetic_ratios) * len(real) / real.num_classes)
     info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
     if not path.exists():
-      start = time.perf_counter()
       model, summary = self.generator(*cell.group, kind)
       info["generator_seconds"] = summary["seconds"]
       start = time.perf_counter()
@@ -330,7 +329,7 @@ class Sweep:
     real = self.data.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
     timing = {}
-    synthetic_counts, ratio = None, None
+    synthetic_counts, ratio, classifier_dir = None, None, workdir
     if cell.arm.generator is None:
       summary, sub = self._train_classifier(cell, real, workdir, score_test=True)
     else:
@@ -346,10 +345,10 @@ class Sweep:
         summary, sub = self._train_classifier(cell, train, candidate_dir, score_test=len(ratios) == 1)
         candidates.append((summary["best_validation_value"], r, candidate_dir, train, chosen))
       if len(ratios) > 1:  # pick on validation, then score test with the chosen classifier only
-        _, ratio, candidate_dir, train, chosen = max(candidates, key=lambda c: (c[0], -c[1]))
-        summary, sub = self._train_classifier(cell, train, candidate_dir, score_test=True)
+        _, ratio, classifier_dir, train, chosen = max(candidates, key=lambda c: (c[0], -c[1]))
+        summary, sub = self._train_classifier(cell, train, classifier_dir, score_test=True)
       else:
-        ratio, chosen = ratios[0], candidates[0][4]
+        _, ratio, classifier_dir, _, chosen = candidates[0]
       synthetic_counts = chosen.class_counts()
     timing["classifier_seconds"] = summary["seconds"]
     record = {
@@ -361,8 +360,7 @@ class Sweep:
         "threshold": summary["threshold"], "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
         "steps": summary["steps"],
         "test": _strip(summary["test"]), "validation": _strip(summary["validation"]),
-        "cross": self._cross(cell, workdir if ratio is None or len(self.config.synthesis.synthetic_ratios) == 1
-                             else workdir / f"ratio{ratio:g}", summary["threshold"]),
+        "cross": self._cross(cell, classifier_dir, summary["threshold"]),
         "classifier_config": sub.to_dict(),
         "generator_config": (json.loads((self.group_dir(*cell.group) / f"generator_{cell.arm.generator}" /
                                          "config.json").read_text()) if cell.arm.generator else None),
