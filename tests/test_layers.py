@@ -255,13 +255,15 @@ def test_max_pool_3x3_s2_gradient_at_ties_matches_flax():
 
 
 # (H, W, C_in, C_out, kernel, stride, padding): maps of >= KERNEL_GRAD_MIN_PIXELS pixels with
-# >= KERNEL_GRAD_MIN_FEATURES output channels take the matmul kernel gradient.
+# >= KERNEL_GRAD_MIN_FEATURES output channels, and 1x1 convs, take the matmul kernel gradient.
 KERNEL_GRAD_CASES = [
     (32, 32, 3, 96, 3, 1, "SAME"),               # few input channels: one matmul per kernel row
     (32, 32, 8, 96, 3, 1, "SAME"),               # one matmul per kernel tap
     (33, 32, 8, 100, 3, 2, "SAME"),              # stride 2, asymmetric SAME padding
     (32, 34, 4, 96, 5, 1, ((2, 1), (0, 3))),     # explicit uneven padding, 5x5
     (32, 32, 8, 96, 1, 1, "VALID"),              # 1x1
+    (8, 8, 16, 8, 1, 1, "VALID"),                # 1x1 convs of any size and width (bottlenecks)
+    (12, 10, 16, 32, 1, 2, "VALID"),             # strided 1x1 projection
 ]
 
 
@@ -269,7 +271,7 @@ KERNEL_GRAD_CASES = [
 def test_conv_matmul_kernel_grad_matches_lax(h, w, cin, cout, k, stride, padding):
     x, kernel = normal(h + cin, (2, h, w, cin)), normal(cout + k, (k, k, cin, cout)) / np.sqrt(k * k * cin)
     pad = padding if isinstance(padding, str) else tuple(padding)
-    assert h * w >= layers.KERNEL_GRAD_MIN_PIXELS and cout >= layers.KERNEL_GRAD_MIN_FEATURES
+    assert (h * w >= layers.KERNEL_GRAD_MIN_PIXELS and cout >= layers.KERNEL_GRAD_MIN_FEATURES) or k == 1
     jaxpr = jax.make_jaxpr(lambda a, b: our_conv(a, b, stride, pad))(x, kernel)
     assert "custom_vjp_call" in {str(e.primitive) for e in jaxpr.jaxpr.eqns}
 
@@ -287,15 +289,17 @@ def test_conv_matmul_kernel_grad_matches_lax(h, w, cin, cout, k, stride, padding
     np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=2e-3)   # kernel gradient (sums 2*h*w terms)
 
 
-def test_conv_matmul_kernel_grad_only_for_large_maps_with_many_outputs():
-    def primitives(size, cout):
-        k = jnp.zeros((3, 3, 4, cout))
-        jaxpr = jax.make_jaxpr(lambda x: our_conv(x, k, 1, "SAME"))(jnp.zeros((1, size, size, 4)))
+def test_conv_matmul_kernel_grad_only_for_large_maps_with_many_outputs_and_1x1():
+    def primitives(size, cout, k=3):
+        kernel = jnp.zeros((k, k, 4, cout))
+        jaxpr = jax.make_jaxpr(lambda x: our_conv(x, kernel, 1, "SAME"))(jnp.zeros((1, size, size, 4)))
         return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
 
     assert "custom_vjp_call" in primitives(32, 96)
     assert "custom_vjp_call" not in primitives(31, 96) and "conv_general_dilated" in primitives(31, 96)
     assert "custom_vjp_call" not in primitives(32, 95)
+    assert "custom_vjp_call" in primitives(5, 8, k=1)
+    assert "custom_vjp_call" not in primitives(4, 8, k=1)  # 16 output pixels: im2col
 
 
 def test_compute_dtype():

@@ -413,8 +413,8 @@ def test_bfloat16_compute_train_step_keeps_float32_params():
     gradients, the optimizer update and the logits stay float32 (checkpoints are unchanged)."""
     import optax
 
-    f32 = build("resnet18_small", num_filters=4)
-    model = build("resnet18_small", num_filters=4, dtype="bfloat16")
+    f32 = build("resnet", **SHORT_RESNET)
+    model = build("resnet", **SHORT_RESNET, dtype="bfloat16")
     assert jax.tree.map(lambda a: (a.shape, a.dtype), nnx.state(model)) == \
         jax.tree.map(lambda a: (a.shape, a.dtype), nnx.state(f32))
     x, y = images(8, 16, seed=4), jnp.array([0, 1] * 4, jnp.float32)

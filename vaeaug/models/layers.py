@@ -68,8 +68,10 @@ contraction as matmuls for a 3x3 32 -> 128 conv on 32x32 maps (the last decoder 
 autoencoders) and for the 3 -> 96 first conv of ``cnn96``. Convs with an input map of at least
 ``KERNEL_GRAD_MIN_PIXELS`` pixels and ``KERNEL_GRAD_MIN_FEATURES`` output channels therefore
 take a custom VJP: forward and input gradient are XLA's, the kernel gradient is one matmul per
-kernel tap contracting (N, H, W) (one per kernel row when the input has few channels). Smaller
-maps / fewer channels (e.g. ResNet stages with 64 channels, the 32 -> 3 decoder output) were
+kernel tap contracting (N, H, W) (one per kernel row when the input has few channels). So do all
+1x1 convs (``KERNEL_GRAD_1X1``; the bottlenecks of ResNet-50, where XLA's transposed
+activations took a third of the step: -27% CPU time per step). Smaller maps / fewer channels
+with larger kernels (e.g. 3x3 ResNet stages with 64 channels, the 32 -> 3 decoder output) were
 measured faster with XLA's own kernel gradient and keep it. Results equal XLA's up to float
 rounding; on GPU / TPU the plain XLA convolution is used.
 """
@@ -286,6 +288,7 @@ IM2COL_MAX_OUTPUT_PIXELS = 16  # also when the output H * W is at most this (e.g
 # large maps with many output channels (a 3x3 32->128 conv on 32x32 maps: ~2x the matmul form).
 KERNEL_GRAD_MIN_PIXELS = 1024  # input H * W (32x32) ...
 KERNEL_GRAD_MIN_FEATURES = 96  # ... and output channels from which the kernel grad is matmuls
+KERNEL_GRAD_1X1 = True  # and for every 1x1 conv (outside the im2col path)
 KERNEL_GRAD_ROW_MAX_CHANNELS = 8  # below this many input channels, one matmul per kernel row
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
@@ -318,8 +321,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """``jax.lax.conv_general_dilated`` with fast paths for 2-D NHWC/HWIO convs (as ``nnx.Conv``
     builds them), undilated and ungrouped: im2col + matmul when the input map has
     ``H * W <= SMALL_SPATIAL_MAX`` or the output map at most ``IM2COL_MAX_OUTPUT_PIXELS`` pixels;
-    on CPU, a matmul kernel gradient when the input map has ``>= KERNEL_GRAD_MIN_PIXELS`` pixels
-    and the output ``>= KERNEL_GRAD_MIN_FEATURES`` channels; otherwise ``lax.conv_general_dilated``.
+    on CPU, a matmul kernel gradient for 1x1 convs and when the input map has
+    ``>= KERNEL_GRAD_MIN_PIXELS`` pixels and the output ``>= KERNEL_GRAD_MIN_FEATURES`` channels;
+    otherwise ``lax.conv_general_dilated``.
     """
     plain = (
         lhs.ndim == 4 and rhs.ndim == 4
@@ -339,8 +343,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
         if (jax.default_backend() == "cpu" and precision is None and preferred_element_type is None
                 and lhs.dtype == rhs.dtype
-                and lhs.shape[1] * lhs.shape[2] >= KERNEL_GRAD_MIN_PIXELS
-                and rhs.shape[3] >= KERNEL_GRAD_MIN_FEATURES):
+                and ((lhs.shape[1] * lhs.shape[2] >= KERNEL_GRAD_MIN_PIXELS
+                      and rhs.shape[3] >= KERNEL_GRAD_MIN_FEATURES)
+                     or (KERNEL_GRAD_1X1 and rhs.shape[:2] == (1, 1)))):
             return _conv_matmul_kernel_grad(lhs, rhs, strides, pads)
     kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
     return lax.conv_general_dilated(

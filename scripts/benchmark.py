@@ -1,0 +1,604 @@
+r"""Train-step throughput of the project's JAX models against the same architectures in PyTorch.
+
+  python scripts/benchmark.py                                   # every model, batch 64, 64 px
+  python scripts/benchmark.py --models=cnn96,resnet18 --repeats=5 --json
+
+For each model: the steady-state throughput (img/s: median over `--repeats` repetitions of
+`--steps` steps, after warm-up) of the project's jit-compiled train step (`classifiers.train.
+train_step` / `vaeaug.generators.train_step`, Adam, buffer donation) and of its PyTorch twin
+(`scripts/torch_reference.py`, eager, same thread count, channels-last or contiguous - whichever
+is faster in warm-up), JAX and PyTorch repetitions alternating in this one process, so both see
+the same machine load; the ratio JAX / PyTorch; compile time; achieved GFLOP/s (FLOPs from XLA's
+cost analysis of the compiled step) and the share of the machine's fp32 peak (derivation printed);
+process CPU seconds per step (robust to other jobs' load); PyTorch on one thread as a reference;
+for models below 1.0x a `jax.profiler` breakdown of the JAX step; and, in a real
+`vaeaug.training.loop.fit` run, the input pipeline's share of the step time. Writes
+`<out_dir>/<date>_<cpu>.json` and `.md` (with `--notes` appended). Without torch (the `bench`
+extra) only the JAX side runs and the ratio is reported as unavailable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+CLASSIFIERS = ("cnn96", "cnn_bn3", "cnn_lenet4", "resnet18", "resnet50")
+AUTOENCODERS = ("dae", "vae", "cvae")
+ALL_MODELS = CLASSIFIERS + AUTOENCODERS
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", list(ALL_MODELS), f"models to benchmark: {', '.join(ALL_MODELS)}")
+flags.DEFINE_integer("batch", 64, "global batch size")
+flags.DEFINE_integer("image_size", 64, "image height = width")
+flags.DEFINE_integer("repeats", 5, "timed repetitions per framework (the median is reported)")
+flags.DEFINE_integer("steps", 3, "train steps per repetition")
+flags.DEFINE_integer("warmup", 2, "untimed steps per framework before the repetitions")
+flags.DEFINE_bool("json", False, "print the result as JSON instead of the Markdown table")
+flags.DEFINE_string("out_dir", "experiments/results/benchmarks", "where to write the .json / .md ('' : nowhere)")
+flags.DEFINE_string("name", None, "file stem (default: <date>_<cpu>)")
+flags.DEFINE_bool("torch", True, "also run the PyTorch twins (when torch is installed)")
+flags.DEFINE_bool("torch_one_thread", True,
+                  "also time PyTorch on 1 thread (a reference: OpenMP's spin-waits make 2 threads slower than 1 "
+                  "on a loaded machine); the ratio stays against the equal-thread run")
+flags.DEFINE_list("pipeline_models", ["cnn_bn3", "resnet18"],
+                  "models whose input-pipeline share is measured in a real loop.fit run ('' : none)")
+flags.DEFINE_integer("pipeline_steps", 30, "train steps of the loop.fit run")
+flags.DEFINE_enum("profile", "auto", ["auto", "all", "none"],
+                  "per-op time breakdown (jax.profiler) of the JAX step: models below 1.0x (against the faster "
+                  "PyTorch run), all, none")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+                  "JAX compute dtype (config.compute_dtype); PyTorch always runs float32")
+flags.DEFINE_string("notes", "experiments/results/benchmarks/notes.md",
+                    "Markdown appended to the .md (analysis, what was tried; '' : none)")
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def _read(path: str) -> str:
+  try:
+    return Path(path).read_text()
+  except OSError:
+    return ""
+
+
+def _lscpu() -> dict:
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+  except (OSError, subprocess.SubprocessError):
+    return {}
+  return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+_CLOCK_C = r"""
+#include <stdio.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+int main(void) {
+  unsigned long long n = 100000000ULL, x = 0; double best = 0;
+  for (int r = 0; r < 5; r++) {
+    double t0 = now();
+    for (unsigned long long i = 0; i < n; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+    double ghz = 4.0 * n / (now() - t0) / 1e9; if (ghz > best) best = ghz;
+  }
+  printf("%f\n", best); return (int)(x & 1);
+}
+"""
+
+
+def measured_clock_ghz() -> float | None:
+  """Core clock under load, from a chain of dependent integer adds (one per cycle) timed in thread
+  CPU time (so preemption by other jobs does not count); None without a C compiler / on non-x86."""
+  if platform.machine() not in ("x86_64", "AMD64"):
+    return None
+  try:
+    with tempfile.TemporaryDirectory() as tmp:
+      (Path(tmp) / "clock.c").write_text(_CLOCK_C)
+      subprocess.run(["cc", "-O2", "-o", f"{tmp}/clock", f"{tmp}/clock.c"], check=True, capture_output=True,
+                     timeout=60)
+      return float(subprocess.run([f"{tmp}/clock"], capture_output=True, text=True, timeout=60).stdout)
+  except (OSError, subprocess.SubprocessError, ValueError):
+    return None
+
+
+def machine() -> dict:
+  """CPU model, usable cores, SIMD flags and the fp32 peak derived from them."""
+  info = _read("/proc/cpuinfo")
+  lscpu = _lscpu()
+  field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, ""])[1].strip()  # noqa: E731
+  flags_ = set(field("flags").split())
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  vendor, family = field("vendor_id"), int(field("cpu family") or 0)
+  nominal_mhz = float(lscpu.get("CPU max MHz") or field("cpu MHz") or 0)
+  measured = measured_clock_ghz()
+  # The measured clock when there is one: a VM's nominal MHz is the base clock, and boost is what runs.
+  if measured:
+    mhz = 1e3 * measured
+    clock_source = f"measured with a dependent-add loop; nominal {nominal_mhz / 1e3:.2f} GHz"
+  else:
+    mhz = nominal_mhz
+    clock_source = "lscpu 'CPU max MHz'" if lscpu.get("CPU max MHz") else "/proc/cpuinfo 'cpu MHz', nominal"
+  if "avx512f" in flags_:
+    lanes, isa = 16, "AVX-512"
+    # Zen 4 (family 25) runs 512-bit ops on 256-bit units; Zen 5 (26) and Intel server cores have 512-bit FMAs.
+    if vendor == "AuthenticAMD" and family == 25:
+      lanes, isa = 8, "AVX-512 on 256-bit units (Zen 4)"
+  elif "avx2" in flags_ and "fma" in flags_:
+    lanes, isa = 8, "AVX2+FMA"
+  else:
+    lanes, isa = 4, "SSE"
+  fma_units = 2  # FMA pipes per core on x86 server cores since Haswell / Zen (a few Intel SKUs have 1)
+  peak = cores * fma_units * lanes * 2 * mhz / 1e3  # GFLOP/s; an FMA is 2 FLOPs
+  return {
+      "cpu": field("model name") or platform.processor(), "vendor": vendor, "family": family,
+      "model": int(field("model") or 0), "cores": cores, "clock_mhz": round(mhz), "nominal_mhz": nominal_mhz,
+      "clock_source": clock_source,
+      "isa": isa, "bf16": "avx512_bf16" in flags_, "amx": "amx_tile" in flags_,
+      "hypervisor": "hypervisor" in flags_, "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+      "peak_gflops": round(peak, 1),
+      "peak_derivation": (f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes ({isa}) x 2 FLOP/FMA x "
+                          f"{mhz / 1e3:.2f} GHz ({clock_source}) = {peak:.0f} GFLOP/s"),
+  }
+
+
+def measured_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """fp32 GFLOP/s of one large XLA matmul: what this machine attains in practice."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * size**3 / min(times) / 1e9
+
+
+# ----------------------------------------------------------------------------- JAX side
+
+
+def jax_setup(name: str, batch: int, image_size: int, compute_dtype: str = "float32"):
+  """(train state, jitted project train step, host batch, key, config) with Adam at lr 1e-3."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(0)
+  arrays = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+            "label": rng.integers(0, 2, (batch,)).astype(np.int32)}
+  if name in AUTOENCODERS:
+    from experiments.configs import generator as config_lib
+    from vaeaug import generators
+    config = config_lib.get_config()
+    config.update(model=name, image_size=image_size, batch_size=batch, optimizer="adam", compute_dtype=compute_dtype)
+    state = generators.create_generator_state(config, 2, steps_per_epoch=100)
+    step = functools.partial(generators.train_step, beta=config.beta, warmup_steps=500,
+                             noise=generators.noise_config(config))
+  else:
+    from classifiers import train
+    from experiments.configs import classifier as config_lib
+    config = config_lib.get_config()
+    config.update(model=name, image_size=image_size, batch_size=batch, optimizer="adam", compute_dtype=compute_dtype)
+    state = train.create_train_state_for(config, 2, steps_per_epoch=100)
+    step = functools.partial(train.train_step, num_classes=2, label_smoothing=0.0, weights=jnp.ones(2),
+                             normalization=config.normalization, augment_config=None)
+  return state, jax.jit(step, donate_argnums=0), arrays, jax.random.key(0), config
+
+
+def _timed(run_steps, steps: int) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds) per step of `run_steps()`."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  run_steps()
+  return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+class JaxRunner:
+  def __init__(self, name, batch, image_size, compute_dtype="float32"):
+    import jax
+    from vaeaug.training import sharding
+    self.jax = jax
+    state, step, arrays, self.key, self.config = jax_setup(name, batch, image_size, compute_dtype)
+    self.mesh = sharding.make_mesh()
+    self.state = sharding.replicate(state, self.mesh)
+    self.batch = sharding.shard_batch(arrays, self.mesh)
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batch, self.key).compile()
+    self.compile_s = time.perf_counter() - start
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    self.param_sizes = sorted(int(x.size) for x in jax.tree.leaves(self.state.params))
+    self.params = sum(self.param_sizes)
+
+  def run(self, steps: int) -> tuple[float, float]:
+    def run_steps():
+      for _ in range(steps):
+        self.state, metrics = self.compiled(self.state, self.batch, self.key)
+      self.jax.block_until_ready((self.state, metrics))
+    return _timed(run_steps, steps)
+
+
+# ----------------------------------------------------------------------------- profile
+
+_HLO_OP = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ([\w\-]+)\(")
+_HEAVY = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "transpose", "concatenate", "pad",
+          "slice", "scatter", "gather")
+
+
+def _hlo_ops(hlo: str) -> dict:
+  """Top-level instruction name -> (category, shape, op_name metadata) of an optimized HLO module."""
+  computations, current = {}, None
+  for line in hlo.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+    if header and not line.startswith(" "):
+      current = computations.setdefault(header.group(1), [])
+      continue
+    op = _HLO_OP.match(line)
+    if op and current is not None:
+      current.append(op.group(3))
+  ops = {}
+  for line in hlo.splitlines():
+    op = _HLO_OP.match(line)
+    if not op:
+      continue
+    name, shape, opcode = op.groups()
+    calls = re.search(r"calls=%([\w.\-]+)", line)
+    inner = computations.get(calls.group(1), []) if calls else [opcode]
+    kinds = [k for k in _HEAVY if k in inner]
+    op_name = (re.search(r'op_name="([^"]+)"', line) or [None, ""])[1]
+    backward = "transpose(jvp" in op_name
+    if kinds and kinds[0] in ("convolution", "dot"):
+      category = f"{'conv' if kinds[0] == 'convolution' else 'matmul'} {'backward' if backward else 'forward'}"
+    elif kinds and kinds[0] in ("transpose",) or opcode in ("copy", "transpose"):
+      category = "layout (transpose / copy)"
+    elif kinds and kinds[0] in ("reduce",):
+      category = "reductions (BatchNorm statistics, losses)"
+    elif kinds:
+      category = "pad / slice / concat / pool"
+    else:
+      category = "elementwise (BatchNorm, activations, Adam, ...)"
+    ops[name] = (category, shape, op_name.split("/")[-1])
+  return ops
+
+
+def profile_step(runner, steps: int = 2, top: int = 8) -> dict:
+  """Where the JAX step's time goes: the XLA CPU thunks of `steps` steps (jax.profiler, perfetto
+  trace), grouped by kind (ms per step; sums of thunk times, which overlap on several threads)."""
+  import gzip
+  import jax
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+      runner.run(steps)
+    traces = list(Path(logdir).rglob("*.trace.json.gz"))
+    if not traces:
+      return {}
+    events = json.load(gzip.open(traces[0]))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  ops = _hlo_ops(runner.compiled.as_text())
+  per_op = {}
+  for event in events:
+    if event.get("ph") == "X" and event.get("name") in ops:
+      per_op[event["name"]] = per_op.get(event["name"], 0.0) + event.get("dur", 0) / 1e3 / steps
+  categories = {}
+  for name, ms in per_op.items():
+    categories[ops[name][0]] = categories.get(ops[name][0], 0.0) + ms
+  total = sum(categories.values()) or float("nan")
+  return {
+      "total_ms": round(total, 1),
+      "categories": {k: round(v, 1) for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},
+      "top_ops": [{"op": name, "ms": round(ms, 1), "category": ops[name][0], "shape": ops[name][1],
+                   "source": ops[name][2]} for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]],
+  }
+
+
+# ----------------------------------------------------------------------------- PyTorch side
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+class TorchRunner:
+  """The PyTorch twin of the JAX model in `jax_runner`; picks the faster memory format."""
+
+  def __init__(self, name, jax_runner, batch, image_size, threads, warmup):
+    import numpy as np
+    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch_reference
+    self.torch = torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = jax_runner.state.model()
+    if name in AUTOENCODERS:
+      self.module = torch_reference.autoencoder(model)
+      self.step_fn = functools.partial(torch_reference.autoencoder_step, beta=jax_runner.config.beta,
+                                       sigma=jax_runner.config.noise.sigma)
+    else:
+      self.module = torch_reference.classifier(model)
+      self.step_fn = torch_reference.classifier_step
+    self.params = torch_reference.count_params(self.module)
+    sizes = sorted(p.numel() for p in self.module.parameters())
+    if sizes != jax_runner.param_sizes:
+      raise AssertionError(f"{name}: the PyTorch twin's parameters ({self.params}, {len(sizes)} tensors) differ "
+                           f"from the JAX model's ({jax_runner.params}, {len(jax_runner.param_sizes)} tensors)")
+    rng = np.random.default_rng(0)
+    nhwc = torch.from_numpy(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8))
+    self.labels = torch.from_numpy(rng.integers(0, 2, (batch,)))
+    self.images = {"channels_last": nhwc.permute(0, 3, 1, 2),  # an NHWC buffer is channels-last NCHW
+                   "contiguous": nhwc.permute(0, 3, 1, 2).contiguous()}
+    self.format_img_per_s = {}
+    best = None
+    for fmt in ("contiguous", "channels_last"):
+      self._use(fmt)
+      for _ in range(warmup):
+        self._step()
+      dt = min(self.run(1)[0] for _ in range(2))
+      self.format_img_per_s[fmt] = round(batch / dt, 1)
+      if best is None or dt < best[1]:
+        best = (fmt, dt)
+    self.format = best[0]
+    self._use(self.format)
+
+  def _use(self, fmt):
+    torch = self.torch
+    self.module.to(memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
+    self.x = self.images[fmt]
+    self.optimizer = torch.optim.Adam(self.module.parameters(), lr=1e-3)
+
+  def _step(self):
+    return self.step_fn(self.module, self.optimizer, self.x, self.labels)
+
+  def run(self, steps: int) -> tuple[float, float]:
+    def run_steps():
+      for _ in range(steps):
+        loss = self._step()
+      float(loss)
+    return _timed(run_steps, steps)
+
+
+# ----------------------------------------------------------------------------- input pipeline
+
+
+def pipeline_share(name: str, batch: int, image_size: int, steps: int) -> dict:
+  """Time in the input pipeline (`pipeline.epoch_batches` + `sharding.shard_batch`) per step of a
+  real `loop.fit` run, against the loop's own img/s (median over its log intervals after the
+  first, which holds the compile)."""
+  import jax
+  import numpy as np
+  from vaeaug.data import pipeline
+  from vaeaug.training import loop, sharding
+  state, step, _, _, _ = jax_setup(name, batch, image_size)
+  rng = np.random.default_rng(1)
+  n = batch * steps
+  data = pipeline.ArrayDataset(
+      images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
+      labels=rng.integers(0, 2, (n,)).astype(np.int32), files=np.array([f"random/{i}" for i in range(n)]),
+      groups=np.array([str(i) for i in range(n)]), class_names=("a", "b"))
+  spent = {"epoch_batches": 0.0, "shard_batch": 0.0, "batches": 0}
+  original_batches, original_shard = pipeline.epoch_batches, sharding.shard_batch
+
+  def timed_batches(*args, **kwargs):
+    iterator = original_batches(*args, **kwargs)
+    while True:
+      start = time.perf_counter()
+      try:
+        item = next(iterator)
+      except StopIteration:
+        return
+      finally:
+        spent["epoch_batches"] += time.perf_counter() - start
+      spent["batches"] += 1
+      yield item
+
+  def timed_shard(*args, **kwargs):
+    start = time.perf_counter()
+    try:
+      return original_shard(*args, **kwargs)
+    finally:
+      spent["shard_batch"] += time.perf_counter() - start
+
+  log_every = max(1, steps // 6)
+  config = loop.LoopConfig(epochs=1, batch_size=batch, log_every_steps=log_every, progress=False)
+  pipeline.epoch_batches, sharding.shard_batch = timed_batches, timed_shard
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      loop.fit(state, step, lambda state: {"loss": 0.0}, data, config, workdir)
+      rates = [json.loads(line)["img_per_s"] for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+               if '"train"' in line]
+  finally:
+    pipeline.epoch_batches, sharding.shard_batch = original_batches, original_shard
+  jax.clear_caches()
+  steady = float(np.median(rates[1:])) if len(rates) > 1 else float("nan")
+  data_s = (spent["epoch_batches"] + spent["shard_batch"]) / max(spent["batches"], 1)
+  step_s = batch / steady
+  return {"model": name, "loop_img_per_s": round(steady, 1), "loop_step_ms": round(1e3 * step_s, 2),
+          "epoch_batches_ms": round(1e3 * spent["epoch_batches"] / max(spent["batches"], 1), 3),
+          "shard_batch_ms": round(1e3 * spent["shard_batch"] / max(spent["batches"], 1), 3),
+          "data_share": round(data_s / step_s, 4)}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(value, spec=".1f", missing="n/a"):
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return missing
+  return format(value, spec)
+
+
+def markdown(result: dict) -> str:
+  m = result["machine"]
+  dtype = result.get("compute_dtype", "float32")
+  lines = [
+      f"# Train-step benchmark, {result['date']}", "",
+      f"Command: `{result['command']}`", "",
+      f"Machine: {m['cpu']} ({m['vendor']} family {m['family']} model {m['model']}), {m['cores']} cores usable, "
+      f"{m['isa']}, avx512_bf16 {'yes' if m['bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "
+      f"{m['memory_gb']} GiB{', virtual machine' if m['hypervisor'] else ''}. {result['software']}. "
+      f"Load average (1 min) {result['load_average_start'][0]} at the start, {result['load_average_end'][0]} "
+      "at the end (other jobs share this machine).", "",
+      f"fp32 peak: {m['peak_derivation']}. One {result['matmul_size']}^2 fp32 XLA matmul: "
+      f"{result['matmul_gflops']:.0f} GFLOP/s (best of 5, wall clock).", "",
+      f"Batch {result['batch']}, {result['image_size']}x{result['image_size']}x3 uint8 input, Adam, "
+      f"{result['threads']} threads for both frameworks, JAX compute dtype {dtype} (PyTorch float32); "
+      f"median of {result['repeats']} repetitions of {result['steps']} steps, JAX and PyTorch repetitions "
+      "alternating (PyTorch on 1 thread too, as a reference). Ratio = JAX img/s / PyTorch img/s at equal threads; "
+      "ratio vs faster PyTorch: against the better of PyTorch's equal-thread and 1-thread runs. "
+      "GFLOP/s and % peak: XLA's FLOP count of the compiled "
+      "JAX step / its median step time. CPU s/step: process CPU time per step (both threads; PyTorch's "
+      "OpenMP threads spin while waiting, which counts).", "",
+      "| model | params | JAX img/s | PyTorch img/s (format) | ratio | GFLOP/step | JAX GFLOP/s | % peak | "
+      "compile s | CPU s/step JAX / PyTorch | PyTorch 1-thread img/s | ratio vs faster PyTorch |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for r in result["models"]:
+    torch_cell = (f"{_fmt(r['torch_img_per_s'])} ({r['torch_format']})" if r.get("torch_img_per_s")
+                  else result.get("torch_missing", "n/a"))
+    cpu = f"{_fmt(r['jax_cpu_s_per_step'], '.3f')} / {_fmt(r.get('torch_cpu_s_per_step'), '.3f')}"
+    lines.append(f"| {r['model']} | {r['params']:,} | {_fmt(r['jax_img_per_s'])} | {torch_cell} | "
+                 f"{_fmt(r.get('ratio'), '.2f')} | {_fmt(r['gflop_per_step'], '.2f')} | {_fmt(r['jax_gflops'])} | "
+                 f"{_fmt(r['peak_percent'])} | {_fmt(r['compile_s'])} | {cpu} | "
+                 f"{_fmt(r.get('torch_1thread_img_per_s'))} | {_fmt(r.get('ratio_vs_faster_torch'), '.2f')} |")
+  if result["pipeline"]:
+    lines += ["", "Input pipeline in a real `loop.fit` run (time in `pipeline.epoch_batches` + "
+              "`sharding.shard_batch` per step, against the loop's own step time):", "",
+              "| model | loop img/s | step ms | epoch_batches ms | shard_batch ms | data share |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for p in result["pipeline"]:
+      lines.append(f"| {p['model']} | {_fmt(p['loop_img_per_s'])} | {_fmt(p['loop_step_ms'])} | "
+                   f"{_fmt(p['epoch_batches_ms'], '.2f')} | {_fmt(p['shard_batch_ms'], '.2f')} | "
+                   f"{_fmt(100 * p['data_share'], '.1f')}% |")
+  profiled = [r for r in result["models"] if r.get("profile")]
+  if profiled:
+    lines += ["", "## Where the JAX step's time goes", "",
+              "XLA CPU thunk times from `jax.profiler` (ms per step, summed over threads, so they can exceed "
+              "the step's wall time), by kind, and the largest single ops:", ""]
+    for r in profiled:
+      prof = r["profile"]
+      lines.append(f"**{r['model']}** (ratio {_fmt(r.get('ratio'), '.2f')}, vs faster PyTorch "
+                   f"{_fmt(r.get('ratio_vs_faster_torch'), '.2f')}; {prof['total_ms']} ms of thunks "
+                   f"per step): " + ", ".join(f"{k} {v} ms ({100 * v / prof['total_ms']:.0f}%)"
+                                             for k, v in prof["categories"].items()) + ".")
+      lines.append("")
+      lines.append("| op | ms | kind | output shape | source |")
+      lines.append("|---|---:|---|---|---|")
+      for op in prof["top_ops"]:
+        lines.append(f"| {op['op']} | {op['ms']} | {op['category']} | `{op['shape']}` | {op['source']} |")
+      lines.append("")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax / profiler INFO lines would bury the table
+  unknown = sorted(set(FLAGS.models) - set(ALL_MODELS))
+  if unknown:
+    raise app.UsageError(f"unknown models {unknown}; choose from {ALL_MODELS}")
+  import jax
+  import numpy as np
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  use_torch = FLAGS.torch and torch_available()
+  info = machine()
+  software = f"jax {jax.__version__}, Python {platform.python_version()}"
+  if use_torch:
+    import torch
+    software += f", torch {torch.__version__}"
+  result = {
+      "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+      "command": "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+      "machine": info, "software": software, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "batch": FLAGS.batch, "image_size": FLAGS.image_size, "repeats": FLAGS.repeats, "steps": FLAGS.steps,
+      "compute_dtype": FLAGS.compute_dtype, "threads": threads, "load_average_start": [round(x, 2) for x in os.getloadavg()],
+      "matmul_size": 2048, "matmul_gflops": round(measured_matmul_gflops(), 1),
+      "models": [], "pipeline": [],
+  }
+  if not use_torch:
+    result["torch_missing"] = "n/a (torch not installed)" if FLAGS.torch else "n/a (--notorch)"
+    print(f"PyTorch side skipped: {result['torch_missing']}; the ratio is unavailable.", file=sys.stderr)
+
+  for name in FLAGS.models:
+    print(f"{name}: compiling", file=sys.stderr, flush=True)
+    runner = JaxRunner(name, FLAGS.batch, FLAGS.image_size, FLAGS.compute_dtype)
+    for _ in range(FLAGS.warmup):
+      runner.run(1)
+    twin = TorchRunner(name, runner, FLAGS.batch, FLAGS.image_size, threads, FLAGS.warmup) if use_torch else None
+    jax_times, torch_times, torch1_times = [], [], []
+    one_thread = twin is not None and FLAGS.torch_one_thread and threads > 1
+    for _ in range(FLAGS.repeats):  # alternate, so both sides see the same machine load
+      jax_times.append(runner.run(FLAGS.steps))
+      if twin is not None:
+        torch_times.append(twin.run(FLAGS.steps))
+      if one_thread:
+        twin.torch.set_num_threads(1)
+        torch1_times.append(twin.run(FLAGS.steps))
+        twin.torch.set_num_threads(threads)
+    jax_s = float(np.median([t for t, _ in jax_times]))
+    gflops = runner.flops / jax_s / 1e9
+    row = {"model": name, "params": runner.params, "compile_s": round(runner.compile_s, 2),
+           "jax_img_per_s": round(FLAGS.batch / jax_s, 1), "jax_step_ms": round(1e3 * jax_s, 2),
+           "jax_step_ms_all": [round(1e3 * t, 2) for t, _ in jax_times],
+           "jax_cpu_s_per_step": round(float(np.median([c for _, c in jax_times])), 4),
+           "gflop_per_step": round(runner.flops / 1e9, 3), "jax_gflops": round(gflops, 1),
+           "peak_percent": round(100 * gflops / info["peak_gflops"], 1)}
+    if twin is not None:
+      torch_s = float(np.median([t for t, _ in torch_times]))
+      row.update(torch_img_per_s=round(FLAGS.batch / torch_s, 1), torch_step_ms=round(1e3 * torch_s, 2),
+                 torch_step_ms_all=[round(1e3 * t, 2) for t, _ in torch_times],
+                 torch_cpu_s_per_step=round(float(np.median([c for _, c in torch_times])), 4),
+                 torch_format=twin.format, torch_format_img_per_s=twin.format_img_per_s,
+                 torch_gflops=round(runner.flops / torch_s / 1e9, 1), ratio=round(torch_s / jax_s, 3),
+                 ratio_per_repeat=[round(t / j, 3) for (j, _), (t, _) in zip(jax_times, torch_times)])
+      if torch1_times:
+        torch1_s = float(np.median([t for t, _ in torch1_times]))
+        row.update(torch_1thread_img_per_s=round(FLAGS.batch / torch1_s, 1),
+                   torch_1thread_step_ms_all=[round(1e3 * t, 2) for t, _ in torch1_times],
+                   ratio_vs_faster_torch=round(min(torch_s, torch1_s) / jax_s, 3))
+    if FLAGS.profile == "all" or (FLAGS.profile == "auto" and row.get("ratio_vs_faster_torch", row.get("ratio", 0.0)) < 1.0):
+      row["profile"] = profile_step(runner)
+    result["models"].append(row)
+    print(f"{name}: JAX {row['jax_img_per_s']} img/s, PyTorch {row.get('torch_img_per_s', 'n/a')} img/s, "
+          f"ratio {row.get('ratio', 'n/a')}", file=sys.stderr, flush=True)
+    del runner, twin
+    jax.clear_caches()
+
+  for name in [m for m in FLAGS.pipeline_models if m]:
+    print(f"{name}: input pipeline in loop.fit", file=sys.stderr, flush=True)
+    result["pipeline"].append(pipeline_share(name, FLAGS.batch, FLAGS.image_size, FLAGS.pipeline_steps))
+
+  result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+  table = markdown(result)
+  if FLAGS.notes and Path(FLAGS.notes).is_file():
+    table += "\n" + Path(FLAGS.notes).read_text()
+  print(json.dumps(result, indent=1) if FLAGS.json else table)
+  if FLAGS.out_dir:
+    out = Path(FLAGS.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = FLAGS.name or (datetime.date.today().isoformat() + "_" +
+                          re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-") + f"-{info['cores']}c")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    print(f"wrote {out / stem}.json and .md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)
