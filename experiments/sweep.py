@@ -102,10 +102,10 @@ def config_hash(config) -> str:
   so cells of an extended grid are reused and cells of a changed recipe are not."""
   recipe = config.to_dict()
   for key in ("preset", "datasets", "n_per_class", "arms", "num_seeds", "first_seed", "cross_test_datasets",
-              "compilation_cache_dir", "progress", "data_dir"):
+              "compilation_cache_dir", "progress", "data_dir", "checkpoint_every_epochs"):
     recipe.pop(key, None)
   for sub in ("classifier", "generator"):
-    for key in ("progress", "data_dir", "figures", "num_devices", "distributed"):
+    for key in ("progress", "data_dir", "figures", "num_devices", "distributed", "checkpoint_every_epochs"):
       recipe[sub].pop(key, None)
     # Fields added after results were recorded: at these values they reproduce the earlier behaviour,
     # so they stay out of the hash and recorded cells remain valid.
@@ -184,7 +184,7 @@ def _common(sub: ml_collections.ConfigDict, config, cell_dataset: str, n_per_cla
   sub.dataset, sub.n_per_class, sub.seed = cell_dataset, n_per_class, seed
   sub.image_size, sub.data_dir = config.image_size, config.data_dir
   sub.progress, sub.log_every_steps = config.progress, config.log_every_steps
-  sub.checkpoint_every_steps = 0
+  sub.checkpoint_every_steps, sub.checkpoint_every_epochs = 0, config.checkpoint_every_epochs
   return sub
 
 

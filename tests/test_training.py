@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -74,7 +75,9 @@ def fit_tiny(config, data, workdir, step_fn=None):
 
   loop_config = loop.LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                                 log_every_steps=config.log_every_steps,
-                                checkpoint_every_steps=config.checkpoint_every_steps, progress=False)
+                                checkpoint_every_steps=config.checkpoint_every_steps,
+                                checkpoint_every_epochs=config.checkpoint_every_epochs,
+                                keep_checkpoints=config.keep_checkpoints, progress=False)
   return loop.fit(state, step_fn or make_step(config), evaluate, data.train, loop_config, workdir, mesh=mesh)
 
 
@@ -118,6 +121,40 @@ def test_interrupted_run_resumes_exactly(data, tmp_path, kill_after):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
   assert resumed.history == uninterrupted.history
   assert without_timing(tmp_path / "resumed" / "metrics.jsonl") == without_timing(tmp_path / "full" / "metrics.jsonl")
+
+
+def test_sparse_epoch_checkpoints_resume_exactly(data, tmp_path):
+  """checkpoint_every_epochs=2 saves after epochs 2, 4 and the last; a run killed in epoch 4
+  resumes from epoch 2's save, replays epoch 3, and ends equal to an uninterrupted run."""
+  config = tiny_config(epochs=5, checkpoint_every_epochs=2, keep_checkpoints=10)
+  steps_per_epoch = pipeline.num_batches(len(data.train), config.batch_size, "drop")
+  uninterrupted = fit_tiny(config, data, tmp_path / "full")
+  saved = sorted(int(p.name) for p in (tmp_path / "full" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [2 * steps_per_epoch, 4 * steps_per_epoch, 5 * steps_per_epoch]
+
+  step_fn, calls = make_step(config), {"n": 0}
+
+  def dying_step(state, batch, key):
+    calls["n"] += 1
+    if calls["n"] > 3 * steps_per_epoch + 1:  # one step into the 4th epoch
+      # Saves are asynchronous: let epoch 2's commit finish, as it would have in a longer epoch.
+      deadline = time.monotonic() + 60
+      while not (tmp_path / "resumed" / "checkpoints" / str(2 * steps_per_epoch)).is_dir():
+        assert time.monotonic() < deadline, "epoch 2's checkpoint was never committed"
+        time.sleep(0.05)
+      raise KeyboardInterrupt
+    return step_fn(state, batch, key)
+
+  with pytest.raises(KeyboardInterrupt):
+    fit_tiny(config, data, tmp_path / "resumed", step_fn=dying_step)
+  resumed = fit_tiny(config, data, tmp_path / "resumed")
+  assert resumed.resumed_from == 2 * steps_per_epoch
+  for a, b in zip(leaves(uninterrupted.state), leaves(resumed.state)):
+    np.testing.assert_array_equal(a, b)
+  assert resumed.history == uninterrupted.history and resumed.best_epoch == uninterrupted.best_epoch
+  assert without_timing(tmp_path / "resumed" / "metrics.jsonl") == without_timing(tmp_path / "full" / "metrics.jsonl")
+  with pytest.raises(ValueError, match="checkpoint_every_epochs"):
+    loop.LoopConfig(epochs=1, batch_size=1, checkpoint_every_epochs=0)
 
 
 def test_finished_run_is_not_retrained(data, tmp_path):

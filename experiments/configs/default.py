@@ -32,6 +32,7 @@ def get_config():
 
   config.log_every_steps = 10
   config.checkpoint_every_steps = 0  # besides epoch ends; multiple of log_every_steps
+  config.checkpoint_every_epochs = 1  # epoch-end saves every N epochs (the last always); resume replays the rest
   config.keep_checkpoints = 2
   config.progress = True
   config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all local devices

@@ -28,6 +28,9 @@ from vaeaug.data import pipeline
 from vaeaug.training import logs, sharding
 from vaeaug.training.checkpoints import Checkpointer
 
+PREFETCH_BATCHES = 2  # batches on their way to the devices ahead of the running step
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   epochs: int
@@ -35,6 +38,7 @@ class LoopConfig:
   seed: int = 0
   log_every_steps: int = 20
   checkpoint_every_steps: int = 0      # besides every epoch end; 0: epoch ends only
+  checkpoint_every_epochs: int = 1     # epoch-end saves every N epochs (and always the last)
   keep_checkpoints: int = 2
   selection_metric: str = "loss"       # validation metric that picks the best epoch
   selection_mode: str = "min"          # "min" or "max"
@@ -51,6 +55,8 @@ class LoopConfig:
       # Log intervals must not straddle a checkpoint, or a resumed run would average differently.
       raise ValueError(f"checkpoint_every_steps ({self.checkpoint_every_steps}) must be a multiple of "
                        f"log_every_steps ({self.log_every_steps})")
+    if self.checkpoint_every_epochs < 1:
+      raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
     if self.patience is not None and self.patience < 1:
       raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
@@ -59,7 +65,8 @@ class LoopConfig:
   def from_config(cls, config, batch_size: int, selection_metric: str, selection_mode: str) -> "LoopConfig":
     """From an experiment config (experiments/configs/default.py fields)."""
     return cls(epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
-               checkpoint_every_steps=config.checkpoint_every_steps, keep_checkpoints=config.keep_checkpoints,
+               checkpoint_every_steps=config.checkpoint_every_steps,
+               checkpoint_every_epochs=config.checkpoint_every_epochs, keep_checkpoints=config.keep_checkpoints,
                selection_metric=selection_metric, selection_mode=selection_mode, patience=config.patience,
                min_delta=config.min_delta, progress=config.progress)
 
@@ -191,8 +198,8 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
     batches = pipeline.epoch_batches(
         train_data, config.batch_size, seed=config.seed, epoch=epoch, remainder="drop",
         start_batch=start_batch, process_index=jax.process_index(), process_count=jax.process_count())
-    for batch in batches:
-      batch = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
+    # The next batch is gathered and sent to the devices while this step runs.
+    for batch in sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label")):
       state, metrics = train_step(state, batch, base_key)
       step += 1
       interval_steps += 1
@@ -227,7 +234,10 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
     if config.patience is not None and record["bad_epochs"] >= config.patience:
       record["stopped_early"] = True
     record["finished"] = record["stopped_early"] or epoch >= config.epochs
-    save(step)
+    # A resume replays the epochs since the last save exactly, so sparser saves cost only redone
+    # work after a kill; on short epochs each save (~50-80 ms) is a large share of the epoch.
+    if record["finished"] or epoch % config.checkpoint_every_epochs == 0:
+      save(step)
     interval_start = time.perf_counter()  # throughput excludes evaluation and checkpointing
   checkpointer.close()
 
