@@ -25,7 +25,8 @@ from classifiers import metrics as metrics_lib
 from classifiers import models
 from vaeaug.data import augment, pipeline
 from vaeaug.training import checkpoints, loop, sharding
-from vaeaug.training.state import TrainState, create_train_state, make_optimizer, make_schedule, split_model
+from vaeaug.training.state import (TrainState, create_train_state, make_optimizer, make_schedule, split_model,
+                                   step_compiler_options)
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
 
   step_fn = jax.jit(functools.partial(
       train_step, num_classes=num_classes, label_smoothing=config.label_smoothing, weights=jnp.asarray(weights),
-      normalization=config.normalization, augment_config=augment_config), donate_argnums=0)
-  predict_fn = jax.jit(functools.partial(eval_step, normalization=config.normalization))
+      normalization=config.normalization, augment_config=augment_config), donate_argnums=0,
+      compiler_options=step_compiler_options(config))
+  predict_fn = jax.jit(functools.partial(eval_step, normalization=config.normalization),
+                       compiler_options=step_compiler_options(config))
 
   def evaluate(state):
     probabilities = predict_probabilities(predict_fn, state, data.validation, config.eval_batch_size, mesh)

@@ -7,8 +7,8 @@ For each model: the steady-state throughput (img/s: median over `--repeats` repe
 `--steps` steps, after warm-up) of the project's jit-compiled train step (`classifiers.train.
 train_step` / `vaeaug.generators.train_step`, Adam, buffer donation) and of its PyTorch twin
 (`scripts/torch_reference.py`, eager, same thread count, channels-last or contiguous - whichever
-is faster in warm-up), JAX and PyTorch repetitions alternating in this one process, so both see
-the same machine load; the ratio JAX / PyTorch; compile time; achieved GFLOP/s (FLOPs from XLA's
+is faster in warm-up), JAX and PyTorch repetitions alternating in one run (PyTorch in a worker
+process that waits while JAX runs), so both see the same machine load; the ratio JAX / PyTorch; compile time; achieved GFLOP/s (FLOPs from XLA's
 cost analysis of the compiled step) and the share of the machine's fp32 peak (derivation printed);
 process CPU seconds per step (robust to other jobs' load); PyTorch on one thread as a reference;
 for models below 1.0x a `jax.profiler` breakdown of the JAX step; and, in a real
@@ -197,7 +197,10 @@ def jax_setup(name: str, batch: int, image_size: int, compute_dtype: str = "floa
     state = train.create_train_state_for(config, 2, steps_per_epoch=100)
     step = functools.partial(train.train_step, num_classes=2, label_smoothing=0.0, weights=jnp.ones(2),
                              normalization=config.normalization, augment_config=None)
-  return state, jax.jit(step, donate_argnums=0), arrays, jax.random.key(0), config
+  from vaeaug.training.state import step_compiler_options
+  # Compiled as the project's training compiles it (per-model-family XLA options).
+  return (state, jax.jit(step, donate_argnums=0, compiler_options=step_compiler_options(config)), arrays,
+          jax.random.key(0), config)
 
 
 def _timed(run_steps, steps: int) -> tuple[float, float]:
@@ -318,9 +321,9 @@ def torch_available() -> bool:
 
 
 class TorchRunner:
-  """The PyTorch twin of the JAX model in `jax_runner`; picks the faster memory format."""
+  """The PyTorch twin of the JAX `model`; picks the faster memory format."""
 
-  def __init__(self, name, jax_runner, batch, image_size, threads, warmup):
+  def __init__(self, name, model, config, param_sizes, batch, image_size, threads, warmup):
     import numpy as np
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -328,19 +331,17 @@ class TorchRunner:
     self.torch = torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = jax_runner.state.model()
     if name in AUTOENCODERS:
       self.module = torch_reference.autoencoder(model)
-      self.step_fn = functools.partial(torch_reference.autoencoder_step, beta=jax_runner.config.beta,
-                                       sigma=jax_runner.config.noise.sigma)
+      self.step_fn = functools.partial(torch_reference.autoencoder_step, beta=config.beta, sigma=config.noise.sigma)
     else:
       self.module = torch_reference.classifier(model)
       self.step_fn = torch_reference.classifier_step
     self.params = torch_reference.count_params(self.module)
     sizes = sorted(p.numel() for p in self.module.parameters())
-    if sizes != jax_runner.param_sizes:
+    if sizes != param_sizes:
       raise AssertionError(f"{name}: the PyTorch twin's parameters ({self.params}, {len(sizes)} tensors) differ "
-                           f"from the JAX model's ({jax_runner.params}, {len(jax_runner.param_sizes)} tensors)")
+                           f"from the JAX model's ({sum(param_sizes)}, {len(param_sizes)} tensors)")
     rng = np.random.default_rng(0)
     nhwc = torch.from_numpy(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8))
     self.labels = torch.from_numpy(rng.integers(0, 2, (batch,)))
@@ -374,6 +375,55 @@ class TorchRunner:
         loss = self._step()
       float(loss)
     return _timed(run_steps, steps)
+
+
+def _torch_worker(conn, name, batch, image_size, threads, warmup, compute_dtype):
+  """Serves `(steps, threads) -> (wall s, CPU s) per step` of the PyTorch twin over `conn`."""
+  try:
+    state, _, _, _, config = jax_setup(name, batch, image_size, compute_dtype)  # the architecture to copy
+    sizes = sorted(int(x.size) for x in __import__("jax").tree.leaves(state.params))
+    twin = TorchRunner(name, state.model(), config, sizes, batch, image_size, threads, warmup)
+    conn.send({"params": twin.params, "format": twin.format, "format_img_per_s": twin.format_img_per_s})
+    while (request := conn.recv()) is not None:
+      steps, n_threads = request
+      twin.torch.set_num_threads(n_threads)
+      conn.send(twin.run(steps))
+  except Exception as error:  # reported by the parent with the worker's traceback
+    import traceback
+    conn.send({"error": f"{type(error).__name__}: {error}\n{traceback.format_exc()}"})
+
+
+class TorchProcess:
+  """The PyTorch twin in its own process. In one process, PyTorch's OpenMP threads (and XLA's
+  pool) keep spinning on the two cores after their own steps and slowed the other framework's
+  next repetition (ResNet-18 JAX: 102 img/s next to PyTorch in-process vs 150 alone). The worker
+  is idle, blocked on its pipe, while JAX runs."""
+
+  def __init__(self, name, batch, image_size, threads, warmup, compute_dtype):
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")
+    self.conn, child = context.Pipe()
+    self.process = context.Process(target=_torch_worker, daemon=True,
+                                   args=(child, name, batch, image_size, threads, warmup, compute_dtype))
+    self.process.start()
+    info = self._receive()
+    self.params, self.format, self.format_img_per_s = info["params"], info["format"], info["format_img_per_s"]
+
+  def _receive(self):
+    if not self.conn.poll(1800):
+      raise TimeoutError("the PyTorch worker did not answer in 30 minutes")
+    reply = self.conn.recv()
+    if isinstance(reply, dict) and "error" in reply:
+      raise RuntimeError(f"PyTorch worker failed: {reply['error']}")
+    return reply
+
+  def run(self, steps: int, threads: int) -> tuple[float, float]:
+    self.conn.send((steps, threads))
+    return self._receive()
+
+  def close(self):
+    self.conn.send(None)
+    self.process.join(timeout=60)
 
 
 # ----------------------------------------------------------------------------- input pipeline
@@ -462,11 +512,11 @@ def markdown(result: dict) -> str:
       f"Batch {result['batch']}, {result['image_size']}x{result['image_size']}x3 uint8 input, Adam, "
       f"{result['threads']} threads for both frameworks, JAX compute dtype {dtype} (PyTorch float32); "
       f"median of {result['repeats']} repetitions of {result['steps']} steps, JAX and PyTorch repetitions "
-      "alternating (PyTorch on 1 thread too, as a reference). Ratio = JAX img/s / PyTorch img/s at equal threads; "
+      "alternating, PyTorch in its own worker process (PyTorch on 1 thread too, as a reference). Ratio = JAX img/s / PyTorch img/s at equal threads; "
       "ratio vs faster PyTorch: against the better of PyTorch's equal-thread and 1-thread runs. "
       "GFLOP/s and % peak: XLA's FLOP count of the compiled "
-      "JAX step / its median step time. CPU s/step: process CPU time per step (both threads; PyTorch's "
-      "OpenMP threads spin while waiting, which counts).", "",
+      "JAX step / its median step time. CPU s/step: each framework's process CPU time per step (all "
+      "threads; spin-waits count).", "",
       "| model | params | JAX img/s | PyTorch img/s (format) | ratio | GFLOP/step | JAX GFLOP/s | % peak | "
       "compile s | CPU s/step JAX / PyTorch | PyTorch 1-thread img/s | ratio vs faster PyTorch |",
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -541,17 +591,18 @@ def main(argv):
     runner = JaxRunner(name, FLAGS.batch, FLAGS.image_size, FLAGS.compute_dtype)
     for _ in range(FLAGS.warmup):
       runner.run(1)
-    twin = TorchRunner(name, runner, FLAGS.batch, FLAGS.image_size, threads, FLAGS.warmup) if use_torch else None
+    twin = (TorchProcess(name, FLAGS.batch, FLAGS.image_size, threads, FLAGS.warmup, FLAGS.compute_dtype)
+            if use_torch else None)
+    if twin is not None and twin.params != runner.params:
+      raise AssertionError(f"{name}: PyTorch twin has {twin.params} parameters, the JAX model {runner.params}")
     jax_times, torch_times, torch1_times = [], [], []
     one_thread = twin is not None and FLAGS.torch_one_thread and threads > 1
     for _ in range(FLAGS.repeats):  # alternate, so both sides see the same machine load
       jax_times.append(runner.run(FLAGS.steps))
       if twin is not None:
-        torch_times.append(twin.run(FLAGS.steps))
+        torch_times.append(twin.run(FLAGS.steps, threads))
       if one_thread:
-        twin.torch.set_num_threads(1)
-        torch1_times.append(twin.run(FLAGS.steps))
-        twin.torch.set_num_threads(threads)
+        torch1_times.append(twin.run(FLAGS.steps, 1))
     jax_s = float(np.median([t for t, _ in jax_times]))
     gflops = runner.flops / jax_s / 1e9
     row = {"model": name, "params": runner.params, "compile_s": round(runner.compile_s, 2),
@@ -578,6 +629,8 @@ def main(argv):
     result["models"].append(row)
     print(f"{name}: JAX {row['jax_img_per_s']} img/s, PyTorch {row.get('torch_img_per_s', 'n/a')} img/s, "
           f"ratio {row.get('ratio', 'n/a')}", file=sys.stderr, flush=True)
+    if twin is not None:
+      twin.close()
     del runner, twin
     jax.clear_caches()
 

@@ -164,3 +164,33 @@ def test_evaluate_generator_reports_every_quality_measure(trained_cvae, data32, 
   assert set(acceptance) == {"with_mask", "without_mask"}
   assert (trained_cvae / "quality" / "quality_prior.json").is_file()
   assert "Frechet" in report.format_table()
+
+
+def test_step_compiler_options_switch_off_ynn_fusions_with_equal_results():
+  """The generator config compiles its steps without XLA:CPU's YNNPACK fusions (faster here): the
+  option reaches XLA (no ynn fusion left in the compiled step), and three steps give the same
+  losses as with the fusions, up to float rounding."""
+  import functools
+
+  from vaeaug.training.state import step_compiler_options
+  config = tiny_generator_config("dae")
+  assert config.xla_cpu_ynn_fusions is False and step_compiler_options(config) == (
+      {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {})
+  with_ynn = tiny_generator_config("dae", xla_cpu_ynn_fusions=True)
+  assert step_compiler_options(with_ynn) == {}
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+           "label": np.arange(16, dtype=np.int32) % 2}
+  losses, texts = [], []
+  for cfg in (with_ynn, config):
+    state = generators.create_generator_state(cfg, 2, steps_per_epoch=10)
+    step = jax.jit(functools.partial(generators.train_step, beta=cfg.beta, warmup_steps=0,
+                                     noise=generators.noise_config(cfg)), compiler_options=step_compiler_options(cfg))
+    texts.append(step.lower(state, batch, jax.random.key(0)).compile().as_text())
+    run = []
+    for _ in range(3):
+      state, metrics = step(state, batch, jax.random.key(0))
+      run.append(float(metrics["loss"]))
+    losses.append(run)
+  if jax.default_backend() == "cpu":
+    assert "%ynn_fusion" in texts[0] and "%ynn_fusion" not in texts[1]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)

@@ -25,7 +25,8 @@ from flax import nnx
 from vaeaug.data import pipeline
 from vaeaug.models import autoencoders, noise as noise_lib
 from vaeaug.training import checkpoints, loop, sharding
-from vaeaug.training.state import TrainState, create_train_state, make_optimizer, make_schedule, split_model
+from vaeaug.training.state import (TrainState, create_train_state, make_optimizer, make_schedule, split_model,
+                                   step_compiler_options)
 
 MODEL_OPTIONS = ("latent_dim", "channels", "upsample", "likelihood", "learned_scale")
 
@@ -157,8 +158,8 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
 
   step_fn = jax.jit(functools.partial(
       train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * steps_per_epoch), noise=noise),
-      donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, noise=noise))
+      donate_argnums=0, compiler_options=step_compiler_options(config))
+  eval_fn = jax.jit(functools.partial(eval_step, noise=noise), compiler_options=step_compiler_options(config))
 
   def evaluate(state):
     return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, mesh, seed=config.seed)

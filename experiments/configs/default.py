@@ -29,6 +29,8 @@ def get_config():
   # Activation / matmul dtype: float32, or bfloat16 (mixed precision for GPU/TPU; parameters,
   # optimizer state, BatchNorm statistics, logits and losses stay float32).
   config.compute_dtype = "float32"
+  # XLA:CPU's YNNPACK fusions for the train / eval steps (training.state.step_compiler_options).
+  config.xla_cpu_ynn_fusions = True
 
   config.log_every_steps = 10
   config.checkpoint_every_steps = 0  # besides epoch ends; multiple of log_every_steps

@@ -23,6 +23,7 @@ def get_config():
   config.latent_dim = 64
   config.channels = ml_collections.config_dict.placeholder(tuple)  # None: the model's default widths
   config.upsample = "subpixel"  # subpixel, resize, transpose (slow backward on CPU)
+  config.xla_cpu_ynn_fusions = False  # 13-34% faster autoencoder steps on CPU without them
   config.likelihood = "bernoulli"  # bernoulli (BCE) or gaussian (MSE with a learned scale)
   config.learned_scale = True
   config.beta = 1.0
