@@ -68,7 +68,7 @@ def get_config(preset: str = "default"):
   config.cross_test_datasets = ()
 
   # Small training subsets are repeated to at least this many images per epoch, so an epoch (one
-  # validation check and one checkpoint) is a few steps, whatever n_per_class is, and the arms of a
+  # validation check) is a few steps, whatever n_per_class is, and the arms of a
   # cell get the same number of steps while real + synthetic stays below this size.
   config.min_epoch_size = 1024
   # Persistent XLA compilation cache shared by all cells (and reruns); "" disables it.
