@@ -177,12 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   augment_config = augment.PRESETS[config.augment] if isinstance(config.augment, str) else (
       augment.AugmentConfig.from_dict(config.augment))
 
+  options = step_compiler_options(config)
   step_fn = jax.jit(functools.partial(
       train_step, num_classes=num_classes, label_smoothing=config.label_smoothing, weights=jnp.asarray(weights),
-      normalization=config.normalization, augment_config=augment_config), donate_argnums=0,
-      compiler_options=step_compiler_options(config))
-  predict_fn = jax.jit(functools.partial(eval_step, normalization=config.normalization),
-                       compiler_options=step_compiler_options(config))
+      normalization=config.normalization, augment_config=augment_config), donate_argnums=0, compiler_options=options)
+  predict_fn = jax.jit(functools.partial(eval_step, normalization=config.normalization), compiler_options=options)
 
   def evaluate(state):
     probabilities = predict_probabilities(predict_fn, state, data.validation, config.eval_batch_size, mesh)

@@ -156,10 +156,11 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   state = create_generator_state(config, num_classes, steps_per_epoch)
   noise = noise_config(config)
 
+  options = step_compiler_options(config)
   step_fn = jax.jit(functools.partial(
       train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * steps_per_epoch), noise=noise),
-      donate_argnums=0, compiler_options=step_compiler_options(config))
-  eval_fn = jax.jit(functools.partial(eval_step, noise=noise), compiler_options=step_compiler_options(config))
+      donate_argnums=0, compiler_options=options)
+  eval_fn = jax.jit(functools.partial(eval_step, noise=noise), compiler_options=options)
 
   def evaluate(state):
     return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, mesh, seed=config.seed)
