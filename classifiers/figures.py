@@ -33,12 +33,12 @@ from matplotlib.figure import Figure
 from classifiers import metrics as metrics_lib
 
 __all__ = [
-    "misclassified_gallery",
-    "plot_confusion",
-    "plot_curves",
-    "plot_roc",
-    "predictions_at",
-    "write_training_figures",
+  "misclassified_gallery",
+  "plot_confusion",
+  "plot_curves",
+  "plot_roc",
+  "predictions_at",
+  "write_training_figures",
 ]
 
 DPI = 100
@@ -116,8 +116,11 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
   else:  # no validation yet: steps
     train_x = np.array([float(r["step"]) for r in train])
     x_label = "step"
-  val_x = np.array([r["epoch"] + 1.0 for r in validation]) if steps_per_epoch else np.array(
-      [float(r["step"]) for r in validation])
+  val_x = (
+    np.array([r["epoch"] + 1.0 for r in validation])
+    if steps_per_epoch
+    else np.array([float(r["step"]) for r in validation])
+  )
   best_epoch = validation[-1].get("best_epoch") if validation else None
   best_index = next((i for i, r in enumerate(validation) if r["epoch"] == best_epoch), None)
 
@@ -130,11 +133,12 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
   if train:
     ax_loss.plot(train_x, series(train, "loss"), color="tab:blue", alpha=0.8, lw=1.2, label="train loss")
     if any("accuracy" in r for r in train):
-      ax_acc.plot(train_x, series(train, "accuracy"), color="tab:blue", alpha=0.8, lw=1.2,
-                  label="train accuracy")
-  for key, colour, axis, label in (("loss", "tab:orange", ax_loss, "validation loss"),
-                                   ("balanced_accuracy", "tab:orange", ax_acc, "validation balanced acc."),
-                                   ("roc_auc", "tab:green", ax_acc, "validation ROC-AUC")):
+      ax_acc.plot(train_x, series(train, "accuracy"), color="tab:blue", alpha=0.8, lw=1.2, label="train accuracy")
+  for key, colour, axis, label in (
+    ("loss", "tab:orange", ax_loss, "validation loss"),
+    ("balanced_accuracy", "tab:orange", ax_acc, "validation balanced acc."),
+    ("roc_auc", "tab:green", ax_acc, "validation ROC-AUC"),
+  ):
     if validation and any(key in r for r in validation):
       values = series(validation, key)
       axis.plot(val_x, values, "o-", color=colour, ms=4, lw=1.5, label=label)
@@ -142,8 +146,13 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
         axis.plot(val_x[best_index], values[best_index], "*", color="black", ms=12, zorder=5)
   for axis in (ax_loss, ax_acc):
     if best_index is not None:
-      axis.axvline(val_x[best_index], color="grey", ls="--", lw=1,
-                   label=f"best epoch ({best_epoch + 1})" if axis is ax_loss else None)
+      axis.axvline(
+        val_x[best_index],
+        color="grey",
+        ls="--",
+        lw=1,
+        label=f"best epoch ({best_epoch + 1})" if axis is ax_loss else None,
+      )
     axis.set_xlabel(x_label)
     axis.grid(alpha=0.3)
     if axis.get_legend_handles_labels()[0]:
@@ -160,8 +169,14 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
 # ----------------------------------------------------------------------------- ROC
 
 
-def plot_roc(labels, prob_positive, out_png: str | os.PathLike, *,
-             class_names: Sequence[str] | None = None, title: str = "ROC curve") -> Path:
+def plot_roc(
+  labels,
+  prob_positive,
+  out_png: str | os.PathLike,
+  *,
+  class_names: Sequence[str] | None = None,
+  title: str = "ROC curve",
+) -> Path:
   """ROC curve(s) with the AUC in the legend.
 
   Binary: ``prob_positive`` is p(class 1) (N,) or the probabilities (N, 2); class 1
@@ -207,8 +222,7 @@ def plot_roc(labels, prob_positive, out_png: str | os.PathLike, *,
   ax.set_ylabel("true positive rate")
   skipped = len(curves) - len(usable)
   suffix = f" (macro AUC {np.mean(aucs):.3f})" if num_classes > 2 else ""
-  ax.set_title(title + suffix + (f"\n{skipped} class(es) absent from the labels" if skipped else ""),
-               fontsize=10)
+  ax.set_title(title + suffix + (f"\n{skipped} class(es) absent from the labels" if skipped else ""), fontsize=10)
   ax.legend(loc="lower right", fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -218,8 +232,9 @@ def plot_roc(labels, prob_positive, out_png: str | os.PathLike, *,
 # ----------------------------------------------------------------------------- confusion matrix
 
 
-def plot_confusion(cm, class_names: Sequence[str], out_png: str | os.PathLike, *,
-                   title: str = "Confusion matrix") -> Path:
+def plot_confusion(
+  cm, class_names: Sequence[str], out_png: str | os.PathLike, *, title: str = "Confusion matrix"
+) -> Path:
   """Confusion matrix (rows = true class, columns = predicted), as counts (left) and
   row-normalised (right: each row divided by its total, i.e. per-class recall on the diagonal;
   a class with no examples gives a row of zeros)."""
@@ -233,15 +248,24 @@ def plot_confusion(cm, class_names: Sequence[str], out_png: str | os.PathLike, *
   size = max(4.0, 1.3 * len(names) + 2.0)
   fig = _figure(2 * size + 0.8, size)
   axes = fig.subplots(1, 2)
-  panels = ((axes[0], cm, "counts", lambda v: f"{int(v)}", max(int(cm.max(initial=0)), 1)),
-            (axes[1], normalised, "row-normalised (recall)", lambda v: f"{v:.2f}", 1.0))
+  panels = (
+    (axes[0], cm, "counts", lambda v: f"{int(v)}", max(int(cm.max(initial=0)), 1)),
+    (axes[1], normalised, "row-normalised (recall)", lambda v: f"{v:.2f}", 1.0),
+  )
   for ax, values, name, fmt, vmax in panels:
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     for i in range(values.shape[0]):
       for j in range(values.shape[1]):
-        ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=10,
-                color="white" if values[i, j] > 0.6 * vmax else "black")
+        ax.text(
+          j,
+          i,
+          fmt(values[i, j]),
+          ha="center",
+          va="center",
+          fontsize=10,
+          color="white" if values[i, j] > 0.6 * vmax else "black",
+        )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -255,8 +279,9 @@ def plot_confusion(cm, class_names: Sequence[str], out_png: str | os.PathLike, *
 # ----------------------------------------------------------------------------- galleries
 
 
-def misclassified_gallery(dataset, probabilities, threshold: float | None, out_png: str | os.PathLike,
-                          max_images: int = 32, *, columns: int = 8) -> Path:
+def misclassified_gallery(
+  dataset, probabilities, threshold: float | None, out_png: str | os.PathLike, max_images: int = 32, *, columns: int = 8
+) -> Path:
   """Grid of the wrongly classified images of ``dataset`` (an ``ArrayDataset``), most confident
   mistakes first, each titled with its true label, the predicted label and the probability of
   the predicted label. Predictions: binary ``p1 >= threshold``, otherwise argmax. With no
@@ -270,10 +295,11 @@ def misclassified_gallery(dataset, probabilities, threshold: float | None, out_p
   wrong = np.flatnonzero(predicted != labels)
   shown_threshold = f", threshold {threshold:.3f}" if p.shape[1] == 2 and threshold is not None else ""
   if wrong.size == 0:
-    return _message_figure(out_png, "Misclassified test images",
-                           f"no misclassified images ({len(labels)} classified{shown_threshold})")
+    return _message_figure(
+      out_png, "Misclassified test images", f"no misclassified images ({len(labels)} classified{shown_threshold})"
+    )
   confidence = p[wrong, predicted[wrong]]
-  order = wrong[np.argsort(-confidence, kind="stable")][:max(int(max_images), 1)]
+  order = wrong[np.argsort(-confidence, kind="stable")][: max(int(max_images), 1)]
   columns = max(1, min(columns, len(order)))
   rows = math.ceil(len(order) / columns)
   fig = _figure(max(1.6 * columns, 5.0), 1.9 * rows + 0.6)
@@ -282,17 +308,23 @@ def misclassified_gallery(dataset, probabilities, threshold: float | None, out_p
     ax.axis("off")
   for ax, index in zip(axes, order):
     ax.imshow(dataset.images[index], interpolation="nearest")
-    ax.set_title(f"true {names[labels[index]]}\npred {names[predicted[index]]} {p[index, predicted[index]]:.2f}",
-                 fontsize=7, color="tab:red")
-  fig.suptitle(f"Misclassified: {wrong.size} of {len(labels)}{shown_threshold}"
-               + (f" (showing {len(order)}, most confident first)" if len(order) < wrong.size else ""),
-               fontsize=10)
+    ax.set_title(
+      f"true {names[labels[index]]}\npred {names[predicted[index]]} {p[index, predicted[index]]:.2f}",
+      fontsize=7,
+      color="tab:red",
+    )
+  fig.suptitle(
+    f"Misclassified: {wrong.size} of {len(labels)}{shown_threshold}"
+    + (f" (showing {len(order)}, most confident first)" if len(order) < wrong.size else ""),
+    fontsize=10,
+  )
   fig.tight_layout()
   return _save(fig, out_png)
 
 
-def gradcam_figure(images_uint8, heatmaps: dict[str, np.ndarray], titles: Sequence[str],
-                   out_png: str | os.PathLike) -> Path:
+def gradcam_figure(
+  images_uint8, heatmaps: dict[str, np.ndarray], titles: Sequence[str], out_png: str | os.PathLike
+) -> Path:
   """Rows: the images, then one row of overlays per heatmap method (``{name: (N, H, W)}``)."""
   from classifiers import gradcam  # noqa: PLC0415
 
@@ -371,25 +403,28 @@ def write_training_figures(workdir, summary: dict, test_dataset, test_probabilit
     paths["curves"] = plot_curves(metrics_path, out / "curves.png")
   else:
     paths["curves"] = _message_figure(out / "curves.png", "Learning curves", "no metrics.jsonl in the workdir")
-  paths["roc"] = plot_roc(labels, probabilities[:, 1] if binary else probabilities, out / "roc.png",
-                          class_names=names, title="Test ROC")
+  paths["roc"] = plot_roc(
+    labels, probabilities[:, 1] if binary else probabilities, out / "roc.png", class_names=names, title="Test ROC"
+  )
   cm = metrics_lib.confusion_matrix(labels, predicted, len(names))
   paths["confusion"] = plot_confusion(cm, names, out / "confusion.png", title=f"Test confusion matrix{at}")
   paths["misclassified"] = misclassified_gallery(test_dataset, probabilities, threshold, out / "misclassified.png")
 
   count = min(int(config.get("gradcam_images", 8) or 0), len(test_dataset))
   if count <= 0:
-    paths["gradcam"] = _message_figure(out / "gradcam.png", "Grad-CAM",
-                                       "no images (config.gradcam_images = 0 or empty test set)")
+    paths["gradcam"] = _message_figure(
+      out / "gradcam.png", "Grad-CAM", "no images (config.gradcam_images = 0 or empty test set)"
+    )
     return paths
   chosen = _round_robin_by_class(labels, count)
   images = np.asarray(test_dataset.images[chosen])
   x = pipeline.to_float(images, config.normalization)  # = train._prepare_images without augmentation
   model = _local_model(state)
   targets = predicted[chosen].astype(np.int32)
-  heatmaps = {"Grad-CAM": np.asarray(gradcam.grad_cam(model, x, targets)),
-              "Grad-CAM++": np.asarray(gradcam.grad_cam(model, x, targets, plus_plus=True))}
-  titles = [f"true {names[labels[i]]}\npred {names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
-            for i in chosen]
+  heatmaps = {
+    "Grad-CAM": np.asarray(gradcam.grad_cam(model, x, targets)),
+    "Grad-CAM++": np.asarray(gradcam.grad_cam(model, x, targets, plus_plus=True)),
+  }
+  titles = [f"true {names[labels[i]]}\npred {names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}" for i in chosen]
   paths["gradcam"] = gradcam_figure(images, heatmaps, titles, out / "gradcam.png")
   return paths

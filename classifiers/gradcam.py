@@ -125,10 +125,15 @@ def grad_cam(model, images_float, target_class=None, *, plus_plus: bool = False)
     else:
       targets = jnp.asarray(target_class)
       if targets.shape != (images.shape[0],) or not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise ValueError(f"target_class must be None, an int or an int array of shape "
-                         f"({images.shape[0]},), got {targets.dtype} {targets.shape}")
-      if not isinstance(targets, jax.core.Tracer) and targets.size and (
-          int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+        raise ValueError(
+          f"target_class must be None, an int or an int array of shape "
+          f"({images.shape[0]},), got {targets.dtype} {targets.shape}"
+        )
+      if (
+        not isinstance(targets, jax.core.Tracer)
+        and targets.size
+        and (int(targets.min()) < 0 or int(targets.max()) >= num_classes)
+      ):
         raise ValueError(f"target_class values must lie in [0, {num_classes})")
       targets = targets.astype(jnp.int32)
   if isinstance(images, jax.core.Tracer):  # already inside a caller's jit: trace inline
@@ -166,8 +171,9 @@ def overlay(image_uint8, heatmap, *, alpha: float = 0.45, colormap: str = "jet")
   if heat.shape != image.shape[:2]:
     from PIL import Image  # noqa: PLC0415
 
-    heat = np.asarray(Image.fromarray(heat).resize(
-        (image.shape[1], image.shape[0]), Image.Resampling.BILINEAR), np.float32)
+    heat = np.asarray(
+      Image.fromarray(heat).resize((image.shape[1], image.shape[0]), Image.Resampling.BILINEAR), np.float32
+    )
     heat = np.clip(heat, 0.0, 1.0)
   colours = _colormap(colormap)(heat)[..., :3].astype(np.float32) * 255.0
   blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours

@@ -86,18 +86,18 @@ from flax import nnx
 from vaeaug.models import layers
 
 __all__ = [
-    "CNN",
-    "MODELS",
-    "BasicBlock",
-    "BottleneckBlock",
-    "Classifier",
-    "ResNet",
-    "ResNet18",
-    "ResNet34",
-    "ResNet50",
-    "count_params",
-    "create_model",
-    "resolve_head",
+  "CNN",
+  "MODELS",
+  "BasicBlock",
+  "BottleneckBlock",
+  "Classifier",
+  "ResNet",
+  "ResNet18",
+  "ResNet34",
+  "ResNet50",
+  "count_params",
+  "create_model",
+  "resolve_head",
 ]
 
 HEADS = ("auto", "binary", "softmax")
@@ -111,253 +111,257 @@ RngsLike = nnx.Rngs | nnx.RngStream | jax.Array | int | None
 
 
 def resolve_head(head: str, num_classes: int) -> str:
-    """The head kind ("binary" | "softmax") for ``head`` in ("auto", "binary", "softmax")."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-    if head == "auto":
-        return "binary" if num_classes == 2 else "softmax"
-    if head == "binary" and num_classes != 2:
-        raise ValueError(f"head='binary' (one sigmoid logit) needs num_classes == 2, got {num_classes}")
-    return head
+  """The head kind ("binary" | "softmax") for ``head`` in ("auto", "binary", "softmax")."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+  if head not in HEADS:
+    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+  if head == "auto":
+    return "binary" if num_classes == 2 else "softmax"
+  if head == "binary" and num_classes != 2:
+    raise ValueError(f"head='binary' (one sigmoid logit) needs num_classes == 2, got {num_classes}")
+  return head
 
 
 def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (``nnx.Param`` entries; BatchNorm statistics excluded)."""
-    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  """Number of trainable parameters (``nnx.Param`` entries; BatchNorm statistics excluded)."""
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def _as_rngs(rngs: RngsLike) -> nnx.Rngs | nnx.RngStream | None:
-    """nnx.Rngs / RngStream as given; a raw key or int seed becomes ``nnx.Rngs(dropout=...)``."""
-    if rngs is None or isinstance(rngs, (nnx.Rngs, nnx.RngStream)):
-        return rngs
-    if isinstance(rngs, (int, jax.Array)):
-        return nnx.Rngs(dropout=rngs)
-    raise TypeError(f"rngs must be nnx.Rngs, nnx.RngStream, a jax key or an int, got {type(rngs)}")
+  """nnx.Rngs / RngStream as given; a raw key or int seed becomes ``nnx.Rngs(dropout=...)``."""
+  if rngs is None or isinstance(rngs, (nnx.Rngs, nnx.RngStream)):
+    return rngs
+  if isinstance(rngs, (int, jax.Array)):
+    return nnx.Rngs(dropout=rngs)
+  raise TypeError(f"rngs must be nnx.Rngs, nnx.RngStream, a jax key or an int, got {type(rngs)}")
 
 
 def _rate(value: float, name: str) -> float:
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return value
+  value = float(value)
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {value}")
+  return value
 
 
 def _per_block(value: Any, n: int, name: str) -> tuple:
-    """A per-block tuple from a single value or a sequence of length n."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"{name} has {len(value)} entries but there are {n} conv blocks")
-        return tuple(value)
-    return (value,) * n
+  """A per-block tuple from a single value or a sequence of length n."""
+  if isinstance(value, (list, tuple)):
+    if len(value) != n:
+      raise ValueError(f"{name} has {len(value)} entries but there are {n} conv blocks")
+    return tuple(value)
+  return (value,) * n
 
 
 def _check_input(x: jax.Array, in_features: int) -> None:
-    if x.ndim != 4:
-        raise ValueError(f"expected NHWC images (N, H, W, C), got shape {x.shape}")
-    if x.shape[-1] != in_features:
-        raise ValueError(f"model takes {in_features} input channels, got shape {x.shape}")
+  if x.ndim != 4:
+    raise ValueError(f"expected NHWC images (N, H, W, C), got shape {x.shape}")
+  if x.shape[-1] != in_features:
+    raise ValueError(f"model takes {in_features} input channels, got shape {x.shape}")
 
 
 class Classifier(nnx.Module):
-    """Base class: ``__call__ = classify(features(x))``, dropout rng handling, the head."""
+  """Base class: ``__call__ = classify(features(x))``, dropout rng handling, the head."""
 
-    head_kind: str
-    num_classes: int
-    has_dropout: bool = False
-    dtype: Any = None  # compute dtype (layers.compute_dtype); parameters are float32
+  head_kind: str
+  num_classes: int
+  has_dropout: bool = False
+  dtype: Any = None  # compute dtype (layers.compute_dtype); parameters are float32
 
-    def _init_head(self, in_features: int, num_classes: int, head: str, rngs: nnx.Rngs) -> None:
-        self.head_kind = resolve_head(head, num_classes)
-        self.num_classes = num_classes
-        self.num_logits = 1 if self.head_kind == "binary" else num_classes
-        self.head = nnx.Linear(in_features, self.num_logits, dtype=self.dtype, rngs=rngs)
+  def _init_head(self, in_features: int, num_classes: int, head: str, rngs: nnx.Rngs) -> None:
+    self.head_kind = resolve_head(head, num_classes)
+    self.num_classes = num_classes
+    self.num_logits = 1 if self.head_kind == "binary" else num_classes
+    self.head = nnx.Linear(in_features, self.num_logits, dtype=self.dtype, rngs=rngs)
 
-    def _dropout_rngs(self, train: bool, rngs: RngsLike, needed: bool | None = None):
-        """``rngs`` as nnx.Rngs / RngStream; ValueError if dropout will run (train mode and
-        ``needed``, default: the model has dropout anywhere) and there are none."""
-        rngs = _as_rngs(rngs)
-        needed = self.has_dropout if needed is None else needed
-        if train and needed and rngs is None:
-            raise ValueError(
-                f"{type(self).__name__} has dropout: train=True needs rngs, e.g. "
-                "model(x, train=True, rngs=nnx.Rngs(dropout=key))")
-        return rngs
+  def _dropout_rngs(self, train: bool, rngs: RngsLike, needed: bool | None = None):
+    """``rngs`` as nnx.Rngs / RngStream; ValueError if dropout will run (train mode and
+    ``needed``, default: the model has dropout anywhere) and there are none."""
+    rngs = _as_rngs(rngs)
+    needed = self.has_dropout if needed is None else needed
+    if train and needed and rngs is None:
+      raise ValueError(
+        f"{type(self).__name__} has dropout: train=True needs rngs, e.g. "
+        "model(x, train=True, rngs=nnx.Rngs(dropout=key))"
+      )
+    return rngs
 
-    def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        raise NotImplementedError
+  def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    raise NotImplementedError
 
-    def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        raise NotImplementedError
+  def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    raise NotImplementedError
 
-    def __call__(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        rngs = self._dropout_rngs(train, rngs)  # convert once: one stream for both halves
-        return self.classify(self.features(x, train=train, rngs=rngs), train=train, rngs=rngs)
+  def __call__(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    rngs = self._dropout_rngs(train, rngs)  # convert once: one stream for both halves
+    return self.classify(self.features(x, train=train, rngs=rngs), train=train, rngs=rngs)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
-        # float32 logits whatever the compute dtype: losses and probabilities need the range
-        return self.head(x).astype(jnp.float32)
+  def _logits(self, x: jax.Array) -> jax.Array:
+    # float32 logits whatever the compute dtype: losses and probabilities need the range
+    return self.head(x).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- CNN
 
 
 class CNN(Classifier):
-    """Configurable CNN.
+  """Configurable CNN.
 
-    Block i: ``Conv(conv_features[i], kernel_sizes[i])`` -> [BatchNorm] -> activation ->
-    [2x2 pool ``pool[i]``] -> [Dropout ``conv_dropout``]. Then ``global_pool`` ("flatten" or
-    "avg" global average), Dropout ``dropout``, dense layers ``dense_features`` (each followed by
-    the activation and Dropout ``dense_dropout``), and the head (a Linear layer).
+  Block i: ``Conv(conv_features[i], kernel_sizes[i])`` -> [BatchNorm] -> activation ->
+  [2x2 pool ``pool[i]``] -> [Dropout ``conv_dropout``]. Then ``global_pool`` ("flatten" or
+  "avg" global average), Dropout ``dropout``, dense layers ``dense_features`` (each followed by
+  the activation and Dropout ``dense_dropout``), and the head (a Linear layer).
 
-    Args:
-      conv_features: output channels of each conv block (non-empty).
-      kernel_sizes: one int for all blocks or one per block.
-      batch_norm: BatchNorm after every conv (the conv then has no bias).
-      pool: "max" | "avg" | None, for all blocks or one per block.
-      dense_features: widths of the hidden dense layers (may be empty).
-      dropout: rate applied once to the pooled / flattened features, before the dense layers.
-      activation: "relu" | "tanh" | "leaky_relu" | "swish" | ... (``layers.ACTIVATIONS``).
-      num_classes, head: see ``resolve_head``.
-      conv_dropout: rate applied after every conv block (after its pool).
-      global_pool: "flatten" (needs ``image_size``) or "avg".
-      image_size: input height = width, used by "flatten" to size the first dense layer.
-      in_features: input channels.
-      padding: "SAME" (default) or "VALID" for the convs.
-      dense_dropout: rate applied after every hidden dense layer.
-      dtype: compute dtype (``layers.compute_dtype``; None = float32); parameters stay float32.
-    """
+  Args:
+    conv_features: output channels of each conv block (non-empty).
+    kernel_sizes: one int for all blocks or one per block.
+    batch_norm: BatchNorm after every conv (the conv then has no bias).
+    pool: "max" | "avg" | None, for all blocks or one per block.
+    dense_features: widths of the hidden dense layers (may be empty).
+    dropout: rate applied once to the pooled / flattened features, before the dense layers.
+    activation: "relu" | "tanh" | "leaky_relu" | "swish" | ... (``layers.ACTIVATIONS``).
+    num_classes, head: see ``resolve_head``.
+    conv_dropout: rate applied after every conv block (after its pool).
+    global_pool: "flatten" (needs ``image_size``) or "avg".
+    image_size: input height = width, used by "flatten" to size the first dense layer.
+    in_features: input channels.
+    padding: "SAME" (default) or "VALID" for the convs.
+    dense_dropout: rate applied after every hidden dense layer.
+    dtype: compute dtype (``layers.compute_dtype``; None = float32); parameters stay float32.
+  """
 
-    def __init__(
-        self,
-        conv_features: Sequence[int],
-        kernel_sizes: int | Sequence[int] = 3,
-        *,
-        batch_norm: bool = False,
-        pool: str | None | Sequence[str | None] = "max",
-        dense_features: Sequence[int] = (),
-        dropout: float = 0.0,
-        activation: str = "relu",
-        num_classes: int,
-        head: str = "auto",
-        rngs: nnx.Rngs,
-        conv_dropout: float = 0.0,
-        global_pool: str = "flatten",
-        image_size: int = 64,
-        in_features: int = 3,
-        padding: str = "SAME",
-        dense_dropout: float = 0.0,
-        dtype: Any = None,
-    ):
-        conv_features = tuple(conv_features) if isinstance(conv_features, (list, tuple)) else None
-        if not conv_features or not all(isinstance(f, int) and f > 0 for f in conv_features):
-            raise ValueError("conv_features must be a non-empty sequence of positive ints")
-        n = len(conv_features)
-        kernel_sizes = _per_block(kernel_sizes, n, "kernel_sizes")
-        if not all(isinstance(k, int) and k > 0 for k in kernel_sizes):
-            raise ValueError(f"kernel_sizes must be positive ints, got {kernel_sizes}")
-        pools = tuple(None if p in (None, "none") else p for p in _per_block(pool, n, "pool"))
-        for p in pools:
-            layers.pool_2x2(p)  # validates
-        dense_features = tuple(dense_features)
-        if not all(isinstance(f, int) and f > 0 for f in dense_features):
-            raise ValueError(f"dense_features must be positive ints, got {dense_features}")
-        self.activation_name = activation
-        self.act = layers.activation(activation)
-        if global_pool not in ("flatten", "avg"):
-            raise ValueError(f"unknown global_pool {global_pool!r}; choose 'flatten' or 'avg'")
-        if padding not in ("SAME", "VALID"):
-            raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-        if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-        dropout = _rate(dropout, "dropout")
-        conv_dropout = _rate(conv_dropout, "conv_dropout")
-        dense_dropout = _rate(dense_dropout, "dense_dropout")
-        self.dtype = dtype = layers.compute_dtype(dtype)
+  def __init__(
+    self,
+    conv_features: Sequence[int],
+    kernel_sizes: int | Sequence[int] = 3,
+    *,
+    batch_norm: bool = False,
+    pool: str | None | Sequence[str | None] = "max",
+    dense_features: Sequence[int] = (),
+    dropout: float = 0.0,
+    activation: str = "relu",
+    num_classes: int,
+    head: str = "auto",
+    rngs: nnx.Rngs,
+    conv_dropout: float = 0.0,
+    global_pool: str = "flatten",
+    image_size: int = 64,
+    in_features: int = 3,
+    padding: str = "SAME",
+    dense_dropout: float = 0.0,
+    dtype: Any = None,
+  ):
+    conv_features = tuple(conv_features) if isinstance(conv_features, (list, tuple)) else None
+    if not conv_features or not all(isinstance(f, int) and f > 0 for f in conv_features):
+      raise ValueError("conv_features must be a non-empty sequence of positive ints")
+    n = len(conv_features)
+    kernel_sizes = _per_block(kernel_sizes, n, "kernel_sizes")
+    if not all(isinstance(k, int) and k > 0 for k in kernel_sizes):
+      raise ValueError(f"kernel_sizes must be positive ints, got {kernel_sizes}")
+    pools = tuple(None if p in (None, "none") else p for p in _per_block(pool, n, "pool"))
+    for p in pools:
+      layers.pool_2x2(p)  # validates
+    dense_features = tuple(dense_features)
+    if not all(isinstance(f, int) and f > 0 for f in dense_features):
+      raise ValueError(f"dense_features must be positive ints, got {dense_features}")
+    self.activation_name = activation
+    self.act = layers.activation(activation)
+    if global_pool not in ("flatten", "avg"):
+      raise ValueError(f"unknown global_pool {global_pool!r}; choose 'flatten' or 'avg'")
+    if padding not in ("SAME", "VALID"):
+      raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    if not isinstance(image_size, int) or image_size < 1:
+      raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    dropout = _rate(dropout, "dropout")
+    conv_dropout = _rate(conv_dropout, "conv_dropout")
+    dense_dropout = _rate(dense_dropout, "dense_dropout")
+    self.dtype = dtype = layers.compute_dtype(dtype)
 
-        self.conv_features = conv_features
-        self.kernel_sizes = kernel_sizes
-        self.pools = pools
-        self.batch_norm = bool(batch_norm)
-        self.global_pool = global_pool
-        self.in_features = in_features
-        self.has_dropout = dropout > 0 or conv_dropout > 0 or (dense_dropout > 0 and bool(dense_features))
+    self.conv_features = conv_features
+    self.kernel_sizes = kernel_sizes
+    self.pools = pools
+    self.batch_norm = bool(batch_norm)
+    self.global_pool = global_pool
+    self.in_features = in_features
+    self.has_dropout = dropout > 0 or conv_dropout > 0 or (dense_dropout > 0 and bool(dense_features))
 
-        convs, norms = [], []
-        size, channels = image_size, in_features
-        for features, k, p in zip(conv_features, kernel_sizes, pools):
-            convs.append(layers.Conv(channels, features, (k, k), padding=padding,
-                                     use_bias=not self.batch_norm, dtype=dtype, rngs=rngs))
-            if self.batch_norm:
-                norms.append(nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
-                                           rngs=rngs))
-            channels = features
-            if padding == "VALID":
-                size -= k - 1
-            if p is not None:
-                size //= 2
-            if size < 1 and global_pool == "flatten":
-                raise ValueError(f"image_size={image_size} is too small for these conv blocks "
-                                 f"(kernels {kernel_sizes}, pools {pools}, padding {padding})")
-        self.convs = nnx.List(convs)
-        self.norms = nnx.List(norms)
-        self.conv_dropout = nnx.Dropout(conv_dropout)
+    convs, norms = [], []
+    size, channels = image_size, in_features
+    for features, k, p in zip(conv_features, kernel_sizes, pools):
+      convs.append(
+        layers.Conv(channels, features, (k, k), padding=padding, use_bias=not self.batch_norm, dtype=dtype, rngs=rngs)
+      )
+      if self.batch_norm:
+        norms.append(nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs))
+      channels = features
+      if padding == "VALID":
+        size -= k - 1
+      if p is not None:
+        size //= 2
+      if size < 1 and global_pool == "flatten":
+        raise ValueError(
+          f"image_size={image_size} is too small for these conv blocks "
+          f"(kernels {kernel_sizes}, pools {pools}, padding {padding})"
+        )
+    self.convs = nnx.List(convs)
+    self.norms = nnx.List(norms)
+    self.conv_dropout = nnx.Dropout(conv_dropout)
 
-        if global_pool == "flatten":
-            self.image_size = image_size
-            self.flat_shape = (size, size, channels)
-            width = size * size * channels
-        else:
-            self.image_size = None
-            self.flat_shape = None
-            width = channels
-        self.dropout = nnx.Dropout(dropout)
-        dense = []
-        for features in dense_features:
-            dense.append(nnx.Linear(width, features, dtype=dtype, rngs=rngs))
-            width = features
-        self.dense = nnx.List(dense)
-        self.dense_dropout = nnx.Dropout(dense_dropout)
-        self._init_head(width, num_classes, head, rngs)
+    if global_pool == "flatten":
+      self.image_size = image_size
+      self.flat_shape = (size, size, channels)
+      width = size * size * channels
+    else:
+      self.image_size = None
+      self.flat_shape = None
+      width = channels
+    self.dropout = nnx.Dropout(dropout)
+    dense = []
+    for features in dense_features:
+      dense.append(nnx.Linear(width, features, dtype=dtype, rngs=rngs))
+      width = features
+    self.dense = nnx.List(dense)
+    self.dense_dropout = nnx.Dropout(dense_dropout)
+    self._init_head(width, num_classes, head, rngs)
 
-    def _block(self, i: int, x: jax.Array, train: bool) -> jax.Array:
-        x = self.convs[i](x)
-        if self.batch_norm:
-            x = self.norms[i](x, use_running_average=not train)
-        return self.act(x)
+  def _block(self, i: int, x: jax.Array, train: bool) -> jax.Array:
+    x = self.convs[i](x)
+    if self.batch_norm:
+      x = self.norms[i](x, use_running_average=not train)
+    return self.act(x)
 
-    def _pool_dropout(self, i: int, x: jax.Array, train: bool, rngs) -> jax.Array:
-        pool = layers.pool_2x2(self.pools[i])
-        if pool is not None:
-            x = pool(x)
-        return self.conv_dropout(x, deterministic=not train, rngs=rngs)
+  def _pool_dropout(self, i: int, x: jax.Array, train: bool, rngs) -> jax.Array:
+    pool = layers.pool_2x2(self.pools[i])
+    if pool is not None:
+      x = pool(x)
+    return self.conv_dropout(x, deterministic=not train, rngs=rngs)
 
-    def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        """Output of the last conv block's activation (before its pool): (N, h, w, C_last)."""
-        _check_input(x, self.in_features)
-        last = len(self.convs) - 1
-        rngs = self._dropout_rngs(train, rngs, needed=last > 0 and self.conv_dropout.rate > 0)
-        for i in range(last):
-            x = self._pool_dropout(i, self._block(i, x, train), train, rngs)
-        return self._block(last, x, train)
+  def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    """Output of the last conv block's activation (before its pool): (N, h, w, C_last)."""
+    _check_input(x, self.in_features)
+    last = len(self.convs) - 1
+    rngs = self._dropout_rngs(train, rngs, needed=last > 0 and self.conv_dropout.rate > 0)
+    for i in range(last):
+      x = self._pool_dropout(i, self._block(i, x, train), train, rngs)
+    return self._block(last, x, train)
 
-    def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        rngs = self._dropout_rngs(train, rngs)
-        x = self._pool_dropout(len(self.convs) - 1, features, train, rngs)
-        if self.global_pool == "flatten":
-            if tuple(x.shape[1:]) != self.flat_shape:
-                raise ValueError(
-                    f"this flatten model was built for image_size={self.image_size} (final map "
-                    f"{self.flat_shape}) but the final map is {tuple(x.shape[1:])}; pass "
-                    "image_size= to create_model / CNN, or use global_pool='avg'")
-            x = x.reshape(x.shape[0], -1)
-        else:
-            x = layers.global_avg_pool(x)
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
-        for dense in self.dense:
-            x = self.dense_dropout(self.act(dense(x)), deterministic=not train, rngs=rngs)
-        return self._logits(x)
+  def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    rngs = self._dropout_rngs(train, rngs)
+    x = self._pool_dropout(len(self.convs) - 1, features, train, rngs)
+    if self.global_pool == "flatten":
+      if tuple(x.shape[1:]) != self.flat_shape:
+        raise ValueError(
+          f"this flatten model was built for image_size={self.image_size} (final map "
+          f"{self.flat_shape}) but the final map is {tuple(x.shape[1:])}; pass "
+          "image_size= to create_model / CNN, or use global_pool='avg'"
+        )
+      x = x.reshape(x.shape[0], -1)
+    else:
+      x = layers.global_avg_pool(x)
+    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    for dense in self.dense:
+      x = self.dense_dropout(self.act(dense(x)), deterministic=not train, rngs=rngs)
+    return self._logits(x)
 
 
 # ----------------------------------------------------------------------------- ResNet
@@ -366,164 +370,206 @@ _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaim
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype=None) -> layers.Conv:
-    """Bias-free conv with PyTorch-style symmetric padding k // 2 (output = ceil(H / stride))."""
-    pad = k // 2
-    return layers.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                       use_bias=False, kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+  """Bias-free conv with PyTorch-style symmetric padding k // 2 (output = ceil(H / stride))."""
+  pad = k // 2
+  return layers.Conv(
+    cin,
+    cout,
+    (k, k),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=_conv_init,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 def _bn(features: int, rngs: nnx.Rngs, zero: bool = False, dtype=None) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs,
-                         scale_init=nnx.initializers.zeros_init() if zero else nnx.initializers.ones_init())
+  return nnx.BatchNorm(
+    features,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    dtype=dtype,
+    rngs=rngs,
+    scale_init=nnx.initializers.zeros_init() if zero else nnx.initializers.ones_init(),
+  )
 
 
 class BasicBlock(nnx.Module):
-    """3x3 conv (stride) -> BN -> act -> 3x3 conv -> BN, + shortcut, act. Output: features."""
+  """3x3 conv (stride) -> BN -> act -> 3x3 conv -> BN, + shortcut, act. Output: features."""
 
-    expansion = 1
+  expansion = 1
 
-    def __init__(self, in_features: int, features: int, strides: int, *, act: Callable,
-                 zero_init_residual: bool, rngs: nnx.Rngs, dtype=None):
-        out = features * self.expansion
-        self.act = act
-        self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype)
-        self.bn1 = _bn(features, rngs, dtype=dtype)
-        self.conv2 = _conv(features, out, 3, 1, rngs, dtype)
-        self.bn2 = _bn(out, rngs, zero=zero_init_residual, dtype=dtype)
-        if strides != 1 or in_features != out:
-            self.proj_conv = _conv(in_features, out, 1, strides, rngs, dtype)
-            self.proj_bn = _bn(out, rngs, dtype=dtype)
-        else:
-            self.proj_conv = self.proj_bn = None
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    strides: int,
+    *,
+    act: Callable,
+    zero_init_residual: bool,
+    rngs: nnx.Rngs,
+    dtype=None,
+  ):
+    out = features * self.expansion
+    self.act = act
+    self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype)
+    self.bn1 = _bn(features, rngs, dtype=dtype)
+    self.conv2 = _conv(features, out, 3, 1, rngs, dtype)
+    self.bn2 = _bn(out, rngs, zero=zero_init_residual, dtype=dtype)
+    if strides != 1 or in_features != out:
+      self.proj_conv = _conv(in_features, out, 1, strides, rngs, dtype)
+      self.proj_bn = _bn(out, rngs, dtype=dtype)
+    else:
+      self.proj_conv = self.proj_bn = None
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        ura = not train
-        y = self.act(self.bn1(self.conv1(x), use_running_average=ura))
-        y = self.bn2(self.conv2(y), use_running_average=ura)
-        if self.proj_conv is not None:
-            x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
-        return self.act(x + y)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    ura = not train
+    y = self.act(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.bn2(self.conv2(y), use_running_average=ura)
+    if self.proj_conv is not None:
+      x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
+    return self.act(x + y)
 
 
 class BottleneckBlock(nnx.Module):
-    """ResNet v1.5 bottleneck: 1x1 -> BN -> act -> 3x3 (stride) -> BN -> act -> 1x1 (4x) -> BN,
-    + shortcut, act. Output: 4 * features."""
+  """ResNet v1.5 bottleneck: 1x1 -> BN -> act -> 3x3 (stride) -> BN -> act -> 1x1 (4x) -> BN,
+  + shortcut, act. Output: 4 * features."""
 
-    expansion = 4
+  expansion = 4
 
-    def __init__(self, in_features: int, features: int, strides: int, *, act: Callable,
-                 zero_init_residual: bool, rngs: nnx.Rngs, dtype=None):
-        out = features * self.expansion
-        self.act = act
-        self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype)
-        self.bn1 = _bn(features, rngs, dtype=dtype)
-        self.conv2 = _conv(features, features, 3, strides, rngs, dtype)
-        self.bn2 = _bn(features, rngs, dtype=dtype)
-        self.conv3 = _conv(features, out, 1, 1, rngs, dtype)
-        self.bn3 = _bn(out, rngs, zero=zero_init_residual, dtype=dtype)
-        if strides != 1 or in_features != out:
-            self.proj_conv = _conv(in_features, out, 1, strides, rngs, dtype)
-            self.proj_bn = _bn(out, rngs, dtype=dtype)
-        else:
-            self.proj_conv = self.proj_bn = None
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    strides: int,
+    *,
+    act: Callable,
+    zero_init_residual: bool,
+    rngs: nnx.Rngs,
+    dtype=None,
+  ):
+    out = features * self.expansion
+    self.act = act
+    self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype)
+    self.bn1 = _bn(features, rngs, dtype=dtype)
+    self.conv2 = _conv(features, features, 3, strides, rngs, dtype)
+    self.bn2 = _bn(features, rngs, dtype=dtype)
+    self.conv3 = _conv(features, out, 1, 1, rngs, dtype)
+    self.bn3 = _bn(out, rngs, zero=zero_init_residual, dtype=dtype)
+    if strides != 1 or in_features != out:
+      self.proj_conv = _conv(in_features, out, 1, strides, rngs, dtype)
+      self.proj_bn = _bn(out, rngs, dtype=dtype)
+    else:
+      self.proj_conv = self.proj_bn = None
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        ura = not train
-        y = self.act(self.bn1(self.conv1(x), use_running_average=ura))
-        y = self.act(self.bn2(self.conv2(y), use_running_average=ura))
-        y = self.bn3(self.conv3(y), use_running_average=ura)
-        if self.proj_conv is not None:
-            x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
-        return self.act(x + y)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    ura = not train
+    y = self.act(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.act(self.bn2(self.conv2(y), use_running_average=ura))
+    y = self.bn3(self.conv3(y), use_running_average=ura)
+    if self.proj_conv is not None:
+      x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
+    return self.act(x + y)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
 class ResNet(Classifier):
-    """ResNet v1.5.
+  """ResNet v1.5.
 
-    Args:
-      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
-      block: "basic" | "bottleneck".
-      num_filters: channels of the first stage (stage i: ``num_filters * 2**i``); also the stem width.
-      small_images: 3x3/1 stem conv without max-pool (32-64 px inputs) instead of the ImageNet
-        stem (7x7/2 conv, 3x3/2 max-pool).
-      num_classes, head: see ``resolve_head``.
-      activation: activation used everywhere ReLU is in the standard ResNet.
-      dropout: rate applied to the pooled features before the head (0 = standard ResNet).
-      zero_init_residual: init the last BN scale of every block to 0 (Goyal et al.). Off by
-        default (as torchvision): with it on, the residual-branch convs get zero gradients at step 0.
-      in_features: input channels.
-      dtype: compute dtype (``layers.compute_dtype``; None = float32); parameters stay float32.
-    """
+  Args:
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+    block: "basic" | "bottleneck".
+    num_filters: channels of the first stage (stage i: ``num_filters * 2**i``); also the stem width.
+    small_images: 3x3/1 stem conv without max-pool (32-64 px inputs) instead of the ImageNet
+      stem (7x7/2 conv, 3x3/2 max-pool).
+    num_classes, head: see ``resolve_head``.
+    activation: activation used everywhere ReLU is in the standard ResNet.
+    dropout: rate applied to the pooled features before the head (0 = standard ResNet).
+    zero_init_residual: init the last BN scale of every block to 0 (Goyal et al.). Off by
+      default (as torchvision): with it on, the residual-branch convs get zero gradients at step 0.
+    in_features: input channels.
+    dtype: compute dtype (``layers.compute_dtype``; None = float32); parameters stay float32.
+  """
 
-    def __init__(
-        self,
-        stage_sizes: Sequence[int],
-        block: str = "basic",
-        num_filters: int = 64,
-        small_images: bool = False,
-        *,
-        num_classes: int,
-        head: str = "auto",
-        rngs: nnx.Rngs,
-        activation: str = "relu",
-        dropout: float = 0.0,
-        zero_init_residual: bool = False,
-        in_features: int = 3,
-        dtype: Any = None,
-    ):
-        stage_sizes = tuple(stage_sizes) if isinstance(stage_sizes, (list, tuple)) else None
-        if not stage_sizes or not all(isinstance(s, int) and s > 0 for s in stage_sizes):
-            raise ValueError("stage_sizes must be a non-empty sequence of positive ints")
-        if block not in BLOCKS:
-            raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
-        if not isinstance(num_filters, int) or num_filters < 1:
-            raise ValueError(f"num_filters must be a positive int, got {num_filters!r}")
-        self.activation_name = activation
-        self.act = layers.activation(activation)
-        dropout = _rate(dropout, "dropout")
-        self.has_dropout = dropout > 0
-        self.stage_sizes = stage_sizes
-        self.block_kind = block
-        self.small_images = bool(small_images)
-        self.in_features = in_features
-        self.dtype = dtype = layers.compute_dtype(dtype)
+  def __init__(
+    self,
+    stage_sizes: Sequence[int],
+    block: str = "basic",
+    num_filters: int = 64,
+    small_images: bool = False,
+    *,
+    num_classes: int,
+    head: str = "auto",
+    rngs: nnx.Rngs,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    zero_init_residual: bool = False,
+    in_features: int = 3,
+    dtype: Any = None,
+  ):
+    stage_sizes = tuple(stage_sizes) if isinstance(stage_sizes, (list, tuple)) else None
+    if not stage_sizes or not all(isinstance(s, int) and s > 0 for s in stage_sizes):
+      raise ValueError("stage_sizes must be a non-empty sequence of positive ints")
+    if block not in BLOCKS:
+      raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
+    if not isinstance(num_filters, int) or num_filters < 1:
+      raise ValueError(f"num_filters must be a positive int, got {num_filters!r}")
+    self.activation_name = activation
+    self.act = layers.activation(activation)
+    dropout = _rate(dropout, "dropout")
+    self.has_dropout = dropout > 0
+    self.stage_sizes = stage_sizes
+    self.block_kind = block
+    self.small_images = bool(small_images)
+    self.in_features = in_features
+    self.dtype = dtype = layers.compute_dtype(dtype)
 
-        if self.small_images:
-            self.stem_conv = _conv(in_features, num_filters, 3, 1, rngs, dtype)
-        else:
-            self.stem_conv = _conv(in_features, num_filters, 7, 2, rngs, dtype)
-        self.stem_bn = _bn(num_filters, rngs, dtype=dtype)
-        block_cls = BLOCKS[block]
-        blocks, channels = [], num_filters
-        for i, n in enumerate(stage_sizes):
-            for j in range(n):
-                strides = 2 if i > 0 and j == 0 else 1
-                blocks.append(block_cls(channels, num_filters * 2**i, strides, act=self.act,
-                                        zero_init_residual=zero_init_residual, rngs=rngs, dtype=dtype))
-                channels = num_filters * 2**i * block_cls.expansion
-        self.blocks = nnx.List(blocks)
-        self.num_features = channels
-        self.dropout = nnx.Dropout(dropout)
-        self._init_head(channels, num_classes, head, rngs)
+    if self.small_images:
+      self.stem_conv = _conv(in_features, num_filters, 3, 1, rngs, dtype)
+    else:
+      self.stem_conv = _conv(in_features, num_filters, 7, 2, rngs, dtype)
+    self.stem_bn = _bn(num_filters, rngs, dtype=dtype)
+    block_cls = BLOCKS[block]
+    blocks, channels = [], num_filters
+    for i, n in enumerate(stage_sizes):
+      for j in range(n):
+        strides = 2 if i > 0 and j == 0 else 1
+        blocks.append(
+          block_cls(
+            channels,
+            num_filters * 2**i,
+            strides,
+            act=self.act,
+            zero_init_residual=zero_init_residual,
+            rngs=rngs,
+            dtype=dtype,
+          )
+        )
+        channels = num_filters * 2**i * block_cls.expansion
+    self.blocks = nnx.List(blocks)
+    self.num_features = channels
+    self.dropout = nnx.Dropout(dropout)
+    self._init_head(channels, num_classes, head, rngs)
 
-    def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        """Output of the last stage: (N, h, w, num_features)."""
-        _check_input(x, self.in_features)
-        x = self.act(self.stem_bn(self.stem_conv(x), use_running_average=not train))
-        if not self.small_images:
-            x = layers.max_pool_3x3_s2(x)
-        for block in self.blocks:
-            x = block(x, train=train)
-        return x
+  def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    """Output of the last stage: (N, h, w, num_features)."""
+    _check_input(x, self.in_features)
+    x = self.act(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    if not self.small_images:
+      x = layers.max_pool_3x3_s2(x)
+    for block in self.blocks:
+      x = block(x, train=train)
+    return x
 
-    def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
-        rngs = self._dropout_rngs(train, rngs)
-        x = layers.global_avg_pool(features)
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
-        return self._logits(x)
+  def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
+    rngs = self._dropout_rngs(train, rngs)
+    x = layers.global_avg_pool(features)
+    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    return self._logits(x)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")
@@ -534,69 +580,93 @@ ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck
 # ----------------------------------------------------------------------------- registry
 
 MODELS: dict[str, Callable[..., Classifier]] = {
-    # Generic, fully configurable (pass conv_features=..., stage_sizes=... as overrides).
-    "cnn": CNN,
-    "resnet": ResNet,
-    # CNN presets.
-    "cnn96": functools.partial(CNN, conv_features=(96,), kernel_sizes=3, batch_norm=False,
-                               pool="max", dense_features=(128,), dropout=0.3, activation="relu"),
-    "cnn_bn3": functools.partial(CNN, conv_features=(4, 8, 16), kernel_sizes=3, batch_norm=True,
-                                 pool="max", dense_features=(), dropout=0.0, activation="relu"),
-    "cnn_lenet4": functools.partial(CNN, conv_features=(6, 16, 32, 64), kernel_sizes=5,
-                                    batch_norm=False, pool="max", dense_features=(512, 256, 128),
-                                    dropout=0.0, activation="relu"),
-    # ResNets: ImageNet stem, and the small-image stem.
-    "resnet18": ResNet18,
-    "resnet34": ResNet34,
-    "resnet50": ResNet50,
-    "resnet18_small": functools.partial(ResNet18, small_images=True),
-    "resnet34_small": functools.partial(ResNet34, small_images=True),
-    "resnet50_small": functools.partial(ResNet50, small_images=True),
+  # Generic, fully configurable (pass conv_features=..., stage_sizes=... as overrides).
+  "cnn": CNN,
+  "resnet": ResNet,
+  # CNN presets.
+  "cnn96": functools.partial(
+    CNN,
+    conv_features=(96,),
+    kernel_sizes=3,
+    batch_norm=False,
+    pool="max",
+    dense_features=(128,),
+    dropout=0.3,
+    activation="relu",
+  ),
+  "cnn_bn3": functools.partial(
+    CNN,
+    conv_features=(4, 8, 16),
+    kernel_sizes=3,
+    batch_norm=True,
+    pool="max",
+    dense_features=(),
+    dropout=0.0,
+    activation="relu",
+  ),
+  "cnn_lenet4": functools.partial(
+    CNN,
+    conv_features=(6, 16, 32, 64),
+    kernel_sizes=5,
+    batch_norm=False,
+    pool="max",
+    dense_features=(512, 256, 128),
+    dropout=0.0,
+    activation="relu",
+  ),
+  # ResNets: ImageNet stem, and the small-image stem.
+  "resnet18": ResNet18,
+  "resnet34": ResNet34,
+  "resnet50": ResNet50,
+  "resnet18_small": functools.partial(ResNet18, small_images=True),
+  "resnet34_small": functools.partial(ResNet34, small_images=True),
+  "resnet50_small": functools.partial(ResNet50, small_images=True),
 }
 
 
 def _parameters(factory: Callable) -> dict[str, inspect.Parameter]:
-    """Keyword parameters of a registry entry (a Module class or a partial of one).
+  """Keyword parameters of a registry entry (a Module class or a partial of one).
 
-    ``inspect.signature`` of an NNX Module class shows the metaclass's ``(*args, **kwargs)``, so
-    read ``__init__`` and apply the partials' keywords as defaults."""
-    if isinstance(factory, functools.partial):
-        params = _parameters(factory.func)
-        for key, value in factory.keywords.items():
-            if key in params:
-                params[key] = params[key].replace(default=value)
-        return params
-    target = factory.__init__ if isinstance(factory, type) else factory
-    params = dict(inspect.signature(target).parameters)
-    params.pop("self", None)
+  ``inspect.signature`` of an NNX Module class shows the metaclass's ``(*args, **kwargs)``, so
+  read ``__init__`` and apply the partials' keywords as defaults."""
+  if isinstance(factory, functools.partial):
+    params = _parameters(factory.func)
+    for key, value in factory.keywords.items():
+      if key in params:
+        params[key] = params[key].replace(default=value)
     return params
+  target = factory.__init__ if isinstance(factory, type) else factory
+  params = dict(inspect.signature(target).parameters)
+  params.pop("self", None)
+  return params
 
 
-def create_model(name: str, num_classes: int, *, rngs: nnx.Rngs, head: str = "auto",
-                 **overrides: Any) -> Classifier:
-    """Build the registry model ``name`` (see ``MODELS``; case-insensitive, '-' == '_').
+def create_model(name: str, num_classes: int, *, rngs: nnx.Rngs, head: str = "auto", **overrides: Any) -> Classifier:
+  """Build the registry model ``name`` (see ``MODELS``; case-insensitive, '-' == '_').
 
-    ``overrides`` replace the preset's options (e.g. ``dropout=0.5``, ``activation="swish"``,
-    ``num_filters=16``, ``small_images=True``). ``image_size`` (default 64) is accepted for
-    every model and used only by models that need it (flatten CNNs). Unknown names, unknown
-    options and bad values raise ``ValueError``.
-    """
-    key = name.lower().replace("-", "_") if isinstance(name, str) else name
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    factory = MODELS[key]
-    params = _parameters(factory)
-    if "image_size" in overrides and "image_size" not in params:
-        overrides.pop("image_size")
-    unknown = sorted(set(overrides) - set(params))
-    if unknown:
-        options = sorted(set(params) - {"num_classes", "head", "rngs"})
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {options}")
-    kwargs = dict(overrides, num_classes=num_classes, head=head, rngs=rngs)
-    missing = sorted(p.name for p in params.values()
-                     if p.default is inspect.Parameter.empty and p.name not in kwargs
-                     and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
-    if missing:
-        raise ValueError(f"model {name!r} needs option(s) {missing}")
-    resolve_head(head, num_classes)  # validate before building anything
-    return factory(**kwargs)
+  ``overrides`` replace the preset's options (e.g. ``dropout=0.5``, ``activation="swish"``,
+  ``num_filters=16``, ``small_images=True``). ``image_size`` (default 64) is accepted for
+  every model and used only by models that need it (flatten CNNs). Unknown names, unknown
+  options and bad values raise ``ValueError``.
+  """
+  key = name.lower().replace("-", "_") if isinstance(name, str) else name
+  if key not in MODELS:
+    raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+  factory = MODELS[key]
+  params = _parameters(factory)
+  if "image_size" in overrides and "image_size" not in params:
+    overrides.pop("image_size")
+  unknown = sorted(set(overrides) - set(params))
+  if unknown:
+    options = sorted(set(params) - {"num_classes", "head", "rngs"})
+    raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {options}")
+  kwargs = dict(overrides, num_classes=num_classes, head=head, rngs=rngs)
+  missing = sorted(
+    p.name
+    for p in params.values()
+    if p.default is inspect.Parameter.empty and p.name not in kwargs and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+  )
+  if missing:
+    raise ValueError(f"model {name!r} needs option(s) {missing}")
+  resolve_head(head, num_classes)  # validate before building anything
+  return factory(**kwargs)

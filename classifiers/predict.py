@@ -54,18 +54,18 @@ from vaeaug.data import images as image_io
 from vaeaug.data import pipeline
 
 __all__ = [
-    "DetectUnavailableError",
-    "Predictor",
-    "detect_and_classify",
-    "detect_faces",
-    "expand_inputs",
-    "failed",
-    "format_text",
-    "define_flags",
-    "load_predictor",
-    "predict_files",
-    "resolve_threshold",
-    "run",
+  "DetectUnavailableError",
+  "Predictor",
+  "detect_and_classify",
+  "detect_faces",
+  "expand_inputs",
+  "failed",
+  "format_text",
+  "define_flags",
+  "load_predictor",
+  "predict_files",
+  "resolve_threshold",
+  "run",
 ]
 
 DETECT_INSTALL_HINT = "pip install -e .[detect]  (or: pip install 'opencv-python-headless<5')"
@@ -85,6 +85,7 @@ class DetectUnavailableError(ImportError):
 @dataclasses.dataclass
 class Predictor:
   """A restored classifier: ``probabilities(images_uint8) -> (N, C)`` for resized uint8 images."""
+
   workdir: Path
   config: object
   state: object
@@ -117,7 +118,7 @@ class Predictor:
     batch = max(1, min(int(self.batch_size), n))
     outputs = []
     for start in range(0, n, batch):
-      chunk = images[start:start + batch]
+      chunk = images[start : start + batch]
       count = len(chunk)
       if count < batch:
         chunk = np.concatenate([chunk, np.zeros((batch - count, *chunk.shape[1:]), np.uint8)])
@@ -137,8 +138,12 @@ class Predictor:
 
   def result(self, file: str, probabilities: np.ndarray) -> dict:
     label = int(self.labels_of(probabilities[None])[0])
-    return {"file": file, "label": self.class_names[label], "probability": float(probabilities[label]),
-            "probabilities": {name: float(p) for name, p in zip(self.class_names, probabilities)}}
+    return {
+      "file": file,
+      "label": self.class_names[label],
+      "probability": float(probabilities[label]),
+      "probabilities": {name: float(p) for name, p in zip(self.class_names, probabilities)},
+    }
 
 
 def resolve_threshold(workdir: str | os.PathLike, threshold: str | float, num_classes: int) -> float:
@@ -167,8 +172,14 @@ def load_predictor(workdir: str | os.PathLike, *, threshold: str | float = "auto
   if int(batch_size) < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   config, state, class_names = train.restore_best(workdir)
-  return Predictor(workdir=Path(workdir), config=config, state=state, class_names=tuple(class_names),
-                   threshold=resolve_threshold(workdir, threshold, len(class_names)), batch_size=int(batch_size))
+  return Predictor(
+    workdir=Path(workdir),
+    config=config,
+    state=state,
+    class_names=tuple(class_names),
+    threshold=resolve_threshold(workdir, threshold, len(class_names)),
+    batch_size=int(batch_size),
+  )
 
 
 def _predictor(model: Predictor | str | os.PathLike, threshold, batch_size) -> Predictor:
@@ -204,16 +215,20 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | N
 
 
 def _error(file: str, problem: str, detail: str = "") -> dict:
-  return {"file": file, "label": None, "probability": None, "probabilities": None,
-          "error": problem, "detail": detail}
+  return {"file": file, "label": None, "probability": None, "probabilities": None, "error": problem, "detail": detail}
 
 
 def _skipped(file: str, reason: str) -> dict:
   return {"file": file, "label": None, "probability": None, "probabilities": None, "skipped": reason}
 
 
-def predict_files(model: Predictor | str | os.PathLike, paths: Sequence[str | os.PathLike], *,
-                  threshold: str | float = "auto", batch_size: int = 64) -> list[dict]:
+def predict_files(
+  model: Predictor | str | os.PathLike,
+  paths: Sequence[str | os.PathLike],
+  *,
+  threshold: str | float = "auto",
+  batch_size: int = 64,
+) -> list[dict]:
   """Classify image files (folders expanded, see :func:`expand_inputs`) with a training workdir's
   model (or a loaded :class:`Predictor`, whose own threshold and batch size then apply).
 
@@ -253,7 +268,8 @@ def _import_cv2():
     import cv2  # noqa: PLC0415
   except ImportError as error:
     raise DetectUnavailableError(
-        f"face detection (--detect_faces) needs OpenCV, the 'detect' extra: {DETECT_INSTALL_HINT}") from error
+      f"face detection (--detect_faces) needs OpenCV, the 'detect' extra: {DETECT_INSTALL_HINT}"
+    ) from error
   return cv2
 
 
@@ -265,24 +281,27 @@ def _cascade():
   if not hasattr(cv2, "CascadeClassifier") or path is None or not os.path.isfile(path):
     # OpenCV 5 moved the Haar cascades out of the main package (and its wheels no longer ship them).
     raise DetectUnavailableError(
-        f"OpenCV {getattr(cv2, '__version__', '?')} has no Haar cascade classifier / "
-        f"{HAAR_CASCADE} (OpenCV 5 dropped them): {DETECT_INSTALL_HINT}")
+      f"OpenCV {getattr(cv2, '__version__', '?')} has no Haar cascade classifier / "
+      f"{HAAR_CASCADE} (OpenCV 5 dropped them): {DETECT_INSTALL_HINT}"
+    )
   cascade = cv2.CascadeClassifier(path)
   if cascade.empty():
     raise DetectUnavailableError(f"OpenCV could not load its Haar cascade {path}: {DETECT_INSTALL_HINT}")
   return cascade
 
 
-def detect_faces(image_rgb: np.ndarray, *, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_size: int = 20) -> list[tuple[int, int, int, int]]:
+def detect_faces(
+  image_rgb: np.ndarray, *, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 20
+) -> list[tuple[int, int, int, int]]:
   """Face boxes ``(xmin, ymin, xmax, ymax)`` (exclusive max, pixel edges) found by OpenCV's Haar
   frontal-face cascade in a uint8 RGB photo (grey, histogram-equalised), top to bottom then left
   to right. Needs OpenCV (:class:`DetectUnavailableError` otherwise)."""
   cv2 = _import_cv2()
   image = np.ascontiguousarray(np.asarray(image_rgb, np.uint8))
   grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-  found = _cascade().detectMultiScale(grey, scaleFactor=scale_factor, minNeighbors=min_neighbors,
-                                      minSize=(min_size, min_size))
+  found = _cascade().detectMultiScale(
+    grey, scaleFactor=scale_factor, minNeighbors=min_neighbors, minSize=(min_size, min_size)
+  )
   boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in np.asarray(found).reshape(-1, 4)]
   return sorted(boxes, key=lambda b: (b[1], b[0]))
 
@@ -323,10 +342,18 @@ def _annotated_path(out_dir: Path, source: str, used: set[Path]) -> Path:
   return candidate
 
 
-def detect_and_classify(model: Predictor | str | os.PathLike, paths: Sequence[str | os.PathLike],
-                        out_dir: str | os.PathLike, *, threshold: str | float = "auto", batch_size: int = 64,
-                        margin: float | None = None, scale_factor: float = 1.1, min_neighbors: int = 5,
-                        min_size: int = 20) -> list[dict]:
+def detect_and_classify(
+  model: Predictor | str | os.PathLike,
+  paths: Sequence[str | os.PathLike],
+  out_dir: str | os.PathLike,
+  *,
+  threshold: str | float = "auto",
+  batch_size: int = 64,
+  margin: float | None = None,
+  scale_factor: float = 1.1,
+  min_neighbors: int = 5,
+  min_size: int = 20,
+) -> list[dict]:
   """Find faces in photos (folders expanded), classify each face crop, write annotated copies.
 
   Each detected box becomes a square crop around its centre, ``voc.square_crop_box(box, w, h,
@@ -411,8 +438,7 @@ def format_text(results: Sequence[dict], out=None, err=None) -> None:
     else:
       counts["classified"] += 1
       print(f"{r['file']}  {r['label']}  {r['probability']:.4f}", file=out)
-  print(f"{counts['classified']} classified, {counts['failed']} failed, {counts['skipped']} skipped",
-        file=err)
+  print(f"{counts['classified']} classified, {counts['failed']} failed, {counts['skipped']} skipped", file=err)
 
 
 def run(flag_values, extra_inputs: Sequence[str] = ()) -> int:
@@ -429,8 +455,9 @@ def run(flag_values, extra_inputs: Sequence[str] = ()) -> int:
   try:
     if flag_values.detect_faces:
       _cascade()  # fail fast, before loading the model
-    predictor = load_predictor(flag_values.checkpoint, threshold=flag_values.threshold,
-                               batch_size=flag_values.batch_size)
+    predictor = load_predictor(
+      flag_values.checkpoint, threshold=flag_values.threshold, batch_size=flag_values.batch_size
+    )
   except (DetectUnavailableError, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
@@ -461,17 +488,28 @@ def define_flags(flag_values=None):
   from absl import flags  # noqa: PLC0415
 
   fv = flags.FLAGS if flag_values is None else flag_values
-  flags.DEFINE_string("checkpoint", None, "Classifier training workdir (config.json, checkpoints/).",
-                      required=True, flag_values=fv)
-  flags.DEFINE_list("inputs", [], "Image files and folders, comma-separated (more may follow as arguments).",
-                    flag_values=fv)
+  flags.DEFINE_string(
+    "checkpoint", None, "Classifier training workdir (config.json, checkpoints/).", required=True, flag_values=fv
+  )
+  flags.DEFINE_list(
+    "inputs", [], "Image files and folders, comma-separated (more may follow as arguments).", flag_values=fv
+  )
   flags.DEFINE_bool("json", False, "Print one JSON document (a list of per-input results).", flag_values=fv)
   flags.DEFINE_integer("batch_size", 64, "Images per model call.", lower_bound=1, flag_values=fv)
-  flags.DEFINE_string("threshold", "auto", "Binary decision threshold on p(class 1): auto (the run's "
-                      "validation-chosen threshold from test_metrics.json, else 0.5) or a number in [0, 1].",
-                      flag_values=fv)
-  flags.DEFINE_bool("detect_faces", False, "Inputs are photos: detect faces with OpenCV (pip install -e "
-                    ".[detect]), classify each and write annotated copies to --out_dir.", flag_values=fv)
+  flags.DEFINE_string(
+    "threshold",
+    "auto",
+    "Binary decision threshold on p(class 1): auto (the run's "
+    "validation-chosen threshold from test_metrics.json, else 0.5) or a number in [0, 1].",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "detect_faces",
+    False,
+    "Inputs are photos: detect faces with OpenCV (pip install -e "
+    ".[detect]), classify each and write annotated copies to --out_dir.",
+    flag_values=fv,
+  )
   flags.DEFINE_string("out_dir", None, "Folder for annotated photos (--detect_faces).", flag_values=fv)
   return fv
 
@@ -484,8 +522,7 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    print(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.",
-          file=sys.stderr)
+    print(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
     sys.exit(2)
 
 

@@ -25,21 +25,40 @@ from classifiers import metrics as metrics_lib
 from classifiers import models
 from vaeaug.data import augment, pipeline
 from vaeaug.training import checkpoints, loop, sharding
-from vaeaug.training.state import (TrainState, create_train_state, make_optimizer, make_schedule, split_model,
-                                   step_compiler_options)
+from vaeaug.training.state import (
+  TrainState,
+  create_train_state,
+  make_optimizer,
+  make_schedule,
+  split_model,
+  step_compiler_options,
+)
 
 log = logging.getLogger(__name__)
 
 
 def create_train_state_for(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> TrainState:
-  model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed), head=config.head,
-                              image_size=config.image_size, dtype=config.get("compute_dtype", "float32"),
-                              **dict(config.model_overrides))
+  model = models.create_model(
+    config.model,
+    num_classes,
+    rngs=nnx.Rngs(params=config.seed),
+    head=config.head,
+    image_size=config.image_size,
+    dtype=config.get("compute_dtype", "float32"),
+    **dict(config.model_overrides),
+  )
   total_steps = steps_per_epoch * config.epochs
-  schedule = make_schedule(config.schedule, config.learning_rate, total_steps,
-                           warmup_steps=round(config.warmup_epochs * steps_per_epoch))
-  tx = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay, momentum=config.momentum,
-                      nesterov=config.nesterov, grad_clip_norm=config.grad_clip_norm)
+  schedule = make_schedule(
+    config.schedule, config.learning_rate, total_steps, warmup_steps=round(config.warmup_epochs * steps_per_epoch)
+  )
+  tx = make_optimizer(
+    config.optimizer,
+    schedule,
+    weight_decay=config.weight_decay,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    grad_clip_norm=config.grad_clip_norm,
+  )
   return create_train_state(model, tx)
 
 
@@ -81,8 +100,17 @@ def _prepare_images(images, normalization: str, augment_config: augment.AugmentC
   return pipeline.normalize_unit(images, normalization)
 
 
-def train_step(state: TrainState, batch, base_key, *, num_classes: int, label_smoothing: float, weights,
-               normalization: str, augment_config):
+def train_step(
+  state: TrainState,
+  batch,
+  base_key,
+  *,
+  num_classes: int,
+  label_smoothing: float,
+  weights,
+  normalization: str,
+  augment_config,
+):
   """One optimisation step. Randomness (dropout, augmentation) comes from (base_key, step)."""
   step_key = jax.random.fold_in(base_key, state.step)
   augment_key, dropout_key = jax.random.split(step_key)
@@ -92,7 +120,8 @@ def train_step(state: TrainState, batch, base_key, *, num_classes: int, label_sm
   def loss_fn(model):
     logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
     losses, probabilities = loss_and_probabilities(
-        logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing, weights=weights)
+      logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing, weights=weights
+    )
     return losses.mean(), probabilities
 
   (loss, probabilities), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -156,8 +185,9 @@ def load_data(config) -> Data:
   return Data(train=train, validation=splits["validation"], test=splits["test"])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None, *,
-                       score_test: bool = True) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None, *, score_test: bool = True
+) -> dict:
   """Train, select on validation, score test once; returns (and writes) the test metrics.
 
   `score_test=False` stops after validation (summary `test` is None): for candidates of a choice made on
@@ -174,13 +204,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
   state = create_train_state_for(config, num_classes, steps_per_epoch)
   weights = class_weights(config.class_weights, data.train.labels, num_classes)
-  augment_config = augment.PRESETS[config.augment] if isinstance(config.augment, str) else (
-      augment.AugmentConfig.from_dict(config.augment))
+  augment_config = (
+    augment.PRESETS[config.augment]
+    if isinstance(config.augment, str)
+    else (augment.AugmentConfig.from_dict(config.augment))
+  )
 
   options = step_compiler_options(config)
-  step_fn = jax.jit(functools.partial(
-      train_step, num_classes=num_classes, label_smoothing=config.label_smoothing, weights=jnp.asarray(weights),
-      normalization=config.normalization, augment_config=augment_config), donate_argnums=0, compiler_options=options)
+  step_fn = jax.jit(
+    functools.partial(
+      train_step,
+      num_classes=num_classes,
+      label_smoothing=config.label_smoothing,
+      weights=jnp.asarray(weights),
+      normalization=config.normalization,
+      augment_config=augment_config,
+    ),
+    donate_argnums=0,
+    compiler_options=options,
+  )
   predict_fn = jax.jit(functools.partial(eval_step, normalization=config.normalization), compiler_options=options)
 
   def evaluate(state):
@@ -201,19 +243,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   test = test_at_half = test_probabilities = None
   if score_test:
     test_probabilities = predict_probabilities(predict_fn, result.state, data.test, config.eval_batch_size, mesh)
-    test = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=threshold,
-                                              class_names=data.class_names)
-    test_at_half = metrics_lib.classification_metrics(data.test.labels, test_probabilities, threshold=0.5,
-                                                      class_names=data.class_names)
-  validation = metrics_lib.classification_metrics(data.validation.labels, val_probabilities, threshold=threshold,
-                                                  class_names=data.class_names)
+    test = metrics_lib.classification_metrics(
+      data.test.labels, test_probabilities, threshold=threshold, class_names=data.class_names
+    )
+    test_at_half = metrics_lib.classification_metrics(
+      data.test.labels, test_probabilities, threshold=0.5, class_names=data.class_names
+    )
+  validation = metrics_lib.classification_metrics(
+    data.validation.labels, val_probabilities, threshold=threshold, class_names=data.class_names
+  )
   summary = {
-      "dataset": config.dataset, "model": config.model, "seed": config.seed, "n_per_class": config.n_per_class,
-      "train_size": len(data.train), "class_names": list(data.class_names),
-      "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
-      "selection_metric": config.selection_metric, "best_validation_value": result.best_value,
-      "threshold": threshold, "test": test, "test_at_threshold_0.5": test_at_half, "validation": validation,
-      "steps": result.steps, "seconds": round(time.perf_counter() - start, 1),
+    "dataset": config.dataset,
+    "model": config.model,
+    "seed": config.seed,
+    "n_per_class": config.n_per_class,
+    "train_size": len(data.train),
+    "class_names": list(data.class_names),
+    "best_epoch": result.best_epoch,
+    "epochs_run": len(result.history),
+    "stopped_early": result.stopped_early,
+    "selection_metric": config.selection_metric,
+    "best_validation_value": result.best_value,
+    "threshold": threshold,
+    "test": test,
+    "test_at_threshold_0.5": test_at_half,
+    "validation": validation,
+    "steps": result.steps,
+    "seconds": round(time.perf_counter() - start, 1),
   }
   if jax.process_index() == 0 and not score_test:
     (workdir / "validation_metrics.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
@@ -222,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
     np.savez(workdir / "test_predictions.npz", probabilities=test_probabilities, labels=data.test.labels)
     if config.figures:
       from classifiers import figures  # matplotlib only when figures are asked for
+
       figures.write_training_figures(workdir, summary, data.test, test_probabilities, result.state, config)
   return summary
 
@@ -236,4 +293,5 @@ def restore_best(workdir: str | Path) -> tuple[ml_collections.ConfigDict, TrainS
   """(config, state with the best-on-validation parameters, class names) of a classifier workdir,
   for prediction and explanations."""
   return checkpoints.restore_best_state(
-      workdir, lambda config, num_classes: create_train_state_for(config, num_classes, steps_per_epoch=1))
+    workdir, lambda config, num_classes: create_train_state_for(config, num_classes, steps_per_epoch=1)
+  )

@@ -26,8 +26,12 @@ from vaeaug.training import sharding
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/compare.py", "Sweep configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; default experiments/results/<preset>.")
 _TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "Only rebuild tables and figures from cells.jsonl.")
-_SHARD = flags.DEFINE_string("shard", "1/1", "Run only shard i of k (\"i/k\", 1-based) of the cell groups, e.g. one "
-                             "per process or array-job task; tables cover every finished cell.")
+_SHARD = flags.DEFINE_string(
+  "shard",
+  "1/1",
+  'Run only shard i of k ("i/k", 1-based) of the cell groups, e.g. one '
+  "per process or array-job task; tables cover every finished cell.",
+)
 
 
 def main(argv):

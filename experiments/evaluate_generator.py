@@ -27,8 +27,15 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   report = generator_eval.evaluate_generator(
-      _GENERATOR.value, classifier_dir=_CLASSIFIER.value, per_class=_PER_CLASS.value, sampler=_SAMPLER.value,
-      tau=_TAU.value, k=_K.value, cas_epochs=_CAS_EPOCHS.value, seed=_SEED.value)
+    _GENERATOR.value,
+    classifier_dir=_CLASSIFIER.value,
+    per_class=_PER_CLASS.value,
+    sampler=_SAMPLER.value,
+    tau=_TAU.value,
+    k=_K.value,
+    cas_epochs=_CAS_EPOCHS.value,
+    seed=_SEED.value,
+  )
   print(report.format_table())
 
 

@@ -48,8 +48,9 @@ def _paired(a, b) -> np.ndarray:
   return d[np.isfinite(d)]
 
 
-def paired_bootstrap_ci(a, b, *, confidence: float = CONFIDENCE, resamples: int = 10_000,
-                        seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_ci(
+  a, b, *, confidence: float = CONFIDENCE, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
   """(mean of a - b, lower, upper) with a percentile bootstrap over pairs."""
   d = _paired(a, b)
   if d.size == 0:
@@ -71,7 +72,7 @@ def sign_flip_p_value(a, b, *, exact_max: int = 16, resamples: int = 100_000, se
   observed = abs(d.mean())
   if d.size <= exact_max:
     # Every sign pattern: rows of a (2^n, n) +-1 matrix.
-    patterns = ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
+    patterns = ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
   else:
     patterns = np.random.default_rng(seed).choice((-1, 1), size=(resamples, d.size))
   null = np.abs((patterns * d).mean(axis=1))
@@ -97,5 +98,11 @@ def paired_t_p_value(a, b) -> float:
 def compare_paired(a, b, *, seed: int = 0) -> dict:
   """Everything the tables show for one paired comparison of arm `a` against baseline `b`."""
   mean, lower, upper = paired_bootstrap_ci(a, b, seed=seed)
-  return {"n_pairs": int(_paired(a, b).size), "mean_difference": mean, "ci_lower": lower, "ci_upper": upper,
-          "p_value": sign_flip_p_value(a, b, seed=seed), "p_value_t": paired_t_p_value(a, b)}
+  return {
+    "n_pairs": int(_paired(a, b).size),
+    "mean_difference": mean,
+    "ci_lower": lower,
+    "ci_upper": upper,
+    "p_value": sign_flip_p_value(a, b, seed=seed),
+    "p_value_t": paired_t_p_value(a, b),
+  }

@@ -39,11 +39,11 @@ HEADLINE_METRICS = ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_a
 @dataclasses.dataclass(frozen=True)
 class Arm:
   name: str
-  classic: bool            # classic (geometric + photometric) augmentation on
-  generator: str | None    # which autoencoder's samples are added, if any
+  classic: bool  # classic (geometric + photometric) augmentation on
+  generator: str | None  # which autoencoder's samples are added, if any
 
   @classmethod
-  def parse(cls, name: str) -> "Arm":
+  def parse(cls, name: str) -> Arm:
     parts = name.split("+")
     classic = "classic" in parts
     rest = [p for p in parts if p != "classic"]
@@ -90,8 +90,13 @@ def cells_of(config) -> list[Cell]:
     if n < 0:
       raise ValueError(f"n_per_class values must be >= 0 (0 = all), got {tuple(config.n_per_class)}")
   seeds = range(config.first_seed, config.first_seed + config.num_seeds)
-  return [Cell(dataset, n or None, seed, arm) for dataset in config.datasets for n in config.n_per_class
-          for seed in seeds for arm in arms]
+  return [
+    Cell(dataset, n or None, seed, arm)
+    for dataset in config.datasets
+    for n in config.n_per_class
+    for seed in seeds
+    for arm in arms
+  ]
 
 
 _NEUTRAL_FIELDS = {"compute_dtype": "float32"}
@@ -101,13 +106,31 @@ def config_hash(config) -> str:
   """Hash of everything that changes a cell's result (not the grid itself, not progress/logging),
   so cells of an extended grid are reused and cells of a changed recipe are not."""
   recipe = config.to_dict()
-  for key in ("preset", "datasets", "n_per_class", "arms", "num_seeds", "first_seed", "cross_test_datasets",
-              "compilation_cache_dir", "progress", "data_dir", "checkpoint_every_epochs"):
+  for key in (
+    "preset",
+    "datasets",
+    "n_per_class",
+    "arms",
+    "num_seeds",
+    "first_seed",
+    "cross_test_datasets",
+    "compilation_cache_dir",
+    "progress",
+    "data_dir",
+    "checkpoint_every_epochs",
+  ):
     recipe.pop(key, None)
   for sub in ("classifier", "generator"):
     # How a cell executes, not what it computes (device count and XLA kernels change float rounding only).
-    for key in ("progress", "data_dir", "figures", "num_devices", "distributed", "checkpoint_every_epochs",
-                "xla_cpu_ynn_fusions"):
+    for key in (
+      "progress",
+      "data_dir",
+      "figures",
+      "num_devices",
+      "distributed",
+      "checkpoint_every_epochs",
+      "xla_cpu_ynn_fusions",
+    ):
       recipe[sub].pop(key, None)
     # Fields added after results were recorded: at these values they reproduce the earlier behaviour,
     # so they stay out of the hash and recorded cells remain valid.
@@ -291,8 +314,16 @@ class Sweep:
       if self.config.synthesis.filter_tau > 0:
         predict = self._none_classifier(cell)
         synthetic, report = synthesis.synthesize_filtered(
-            model, real, per_class, sampler, cell.seed, predict, self.config.synthesis.filter_tau,
-            generator_name=kind, **options)
+          model,
+          real,
+          per_class,
+          sampler,
+          cell.seed,
+          predict,
+          self.config.synthesis.filter_tau,
+          generator_name=kind,
+          **options,
+        )
         info["filter"] = report
       else:
         synthetic = synthesis.synthesize(model, real, per_class, sampler, cell.seed, generator_name=kind, **options)
@@ -336,8 +367,11 @@ class Sweep:
       summary, sub = self._train_classifier(cell, real, workdir, score_test=True)
     else:
       synthetic, info = self.synthetic(cell)
-      timing.update(generator_seconds=info.get("generator_seconds", 0.0),
-                    synthesis_seconds=info.get("synthesis_seconds", 0.0), generator_reused=info.get("reused", False))
+      timing.update(
+        generator_seconds=info.get("generator_seconds", 0.0),
+        synthesis_seconds=info.get("synthesis_seconds", 0.0),
+        generator_reused=info.get("reused", False),
+      )
       ratios = tuple(self.config.synthesis.synthetic_ratios)
       candidates = []
       for r in ratios:
@@ -354,22 +388,38 @@ class Sweep:
       synthetic_counts = chosen.class_counts()
     timing["classifier_seconds"] = summary["seconds"]
     record = {
-        "key": cell.key, "config_hash": self.hash, "dataset": cell.dataset,
-        "n_per_class": cell.n_per_class, "seed": cell.seed, "arm": cell.arm.name,
-        "classic": cell.arm.classic, "generator": cell.arm.generator,
-        "synthetic_ratio": ratio, "synthetic_counts": synthetic_counts,
-        "real_train_size": len(real), "real_class_counts": dict(zip(real.class_names, map(int, real.class_counts()))),
-        "threshold": summary["threshold"], "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
-        "steps": summary["steps"],
-        "test": _strip(summary["test"]), "validation": _strip(summary["validation"]),
-        "cross": self._cross(cell, classifier_dir, summary["threshold"]),
-        "classifier_config": sub.to_dict(),
-        "generator_config": (json.loads((self.group_dir(*cell.group) / f"generator_{cell.arm.generator}" /
-                                         "config.json").read_text()) if cell.arm.generator else None),
-        "synthesis_config": self.config.synthesis.to_dict(),
-        "timing": {**timing, "data_seconds": round(self.data.seconds - data_start, 2),
-                   "compile_seconds": round(COMPILE_CLOCK.seconds - compile_start, 2),
-                   "cell_seconds": round(time.perf_counter() - start, 2)},
+      "key": cell.key,
+      "config_hash": self.hash,
+      "dataset": cell.dataset,
+      "n_per_class": cell.n_per_class,
+      "seed": cell.seed,
+      "arm": cell.arm.name,
+      "classic": cell.arm.classic,
+      "generator": cell.arm.generator,
+      "synthetic_ratio": ratio,
+      "synthetic_counts": synthetic_counts,
+      "real_train_size": len(real),
+      "real_class_counts": dict(zip(real.class_names, map(int, real.class_counts()))),
+      "threshold": summary["threshold"],
+      "best_epoch": summary["best_epoch"],
+      "epochs_run": summary["epochs_run"],
+      "steps": summary["steps"],
+      "test": _strip(summary["test"]),
+      "validation": _strip(summary["validation"]),
+      "cross": self._cross(cell, classifier_dir, summary["threshold"]),
+      "classifier_config": sub.to_dict(),
+      "generator_config": (
+        json.loads((self.group_dir(*cell.group) / f"generator_{cell.arm.generator}" / "config.json").read_text())
+        if cell.arm.generator
+        else None
+      ),
+      "synthesis_config": self.config.synthesis.to_dict(),
+      "timing": {
+        **timing,
+        "data_seconds": round(self.data.seconds - data_start, 2),
+        "compile_seconds": round(COMPILE_CLOCK.seconds - compile_start, 2),
+        "cell_seconds": round(time.perf_counter() - start, 2),
+      },
     }
     return record
 
@@ -388,11 +438,13 @@ class Sweep:
     for target in targets:
       test = self.data.splits(target)["test"]
       if tuple(test.class_names) != tuple(class_names):
-        raise ValueError(f"cross-dataset test {target} has classes {test.class_names}, "
-                         f"the classifier {class_names}: they must match")
+        raise ValueError(
+          f"cross-dataset test {target} has classes {test.class_names}, the classifier {class_names}: they must match"
+        )
       probabilities = classifier_train.predict_probabilities(predict, state, test, config.eval_batch_size, self.mesh)
-      results[target] = _strip(metrics_lib.classification_metrics(test.labels, probabilities, threshold=threshold,
-                                                                   class_names=class_names))
+      results[target] = _strip(
+        metrics_lib.classification_metrics(test.labels, probabilities, threshold=threshold, class_names=class_names)
+      )
     return results
 
   # --- the whole grid
@@ -416,15 +468,19 @@ class Sweep:
     for i, cell in enumerate(todo):
       elapsed = time.perf_counter() - start
       eta = f", ETA {logs.format_seconds(elapsed / i * (len(todo) - i))}" if i else ""
-      self._say(f"[cell {len(cells) - len(todo) + i + 1}/{len(cells)} | {logs.format_seconds(elapsed)} elapsed{eta}] "
-                f"{cell.dataset} n_per_class={n_label(cell.n_per_class)} seed={cell.seed} arm={cell.arm.name}")
+      self._say(
+        f"[cell {len(cells) - len(todo) + i + 1}/{len(cells)} | {logs.format_seconds(elapsed)} elapsed{eta}] "
+        f"{cell.dataset} n_per_class={n_label(cell.n_per_class)} seed={cell.seed} arm={cell.arm.name}"
+      )
       record = self.run_cell(cell)
       if jax.process_index() == 0:
         self._append(record)
       done[cell.key] = record
       test = record["test"]
-      self._say(f"    test balanced accuracy {test['balanced_accuracy']:.3f}, ROC-AUC {test['roc_auc']:.3f} "
-                f"({record['timing']['cell_seconds']:.0f} s)")
+      self._say(
+        f"    test balanced accuracy {test['balanced_accuracy']:.3f}, ROC-AUC {test['roc_auc']:.3f} "
+        f"({record['timing']['cell_seconds']:.0f} s)"
+      )
     finished = self.finished()  # other shards' cells too
     return {c.key: finished[c.key] for c in all_cells if c.key in finished}
 

@@ -39,15 +39,25 @@ def main(argv):
     options["temperature"] = _TEMPERATURE.value
   if _FILTER.value:
     from classifiers import train as classifier_train  # experiments layer: classifiers meet vaeaug here
+
     classifier_cfg, state, _ = classifier_train.restore_best(_FILTER.value)
     predict = jax.jit(functools.partial(classifier_train.eval_step, normalization=classifier_cfg.normalization))
     synthetic, report = synthesis.synthesize_filtered(
-        model, train, _PER_CLASS.value, _SAMPLER.value, _SEED.value, lambda images: np.asarray(predict(state, images)),
-        _TAU.value, generator_name=_GENERATOR.value, **options)
+      model,
+      train,
+      _PER_CLASS.value,
+      _SAMPLER.value,
+      _SEED.value,
+      lambda images: np.asarray(predict(state, images)),
+      _TAU.value,
+      generator_name=_GENERATOR.value,
+      **options,
+    )
     print("filter:", json.dumps(report))
   else:
-    synthetic = synthesis.synthesize(model, train, _PER_CLASS.value, _SAMPLER.value, _SEED.value,
-                                     generator_name=_GENERATOR.value, **options)
+    synthetic = synthesis.synthesize(
+      model, train, _PER_CLASS.value, _SAMPLER.value, _SEED.value, generator_name=_GENERATOR.value, **options
+    )
   synthetic.save(_OUT.value)
   counts = np.bincount(synthetic.labels, minlength=len(synthetic.class_names))
   print(f"wrote {_OUT.value}: " + ", ".join(f"{n} {c}" for c, n in zip(synthetic.class_names, counts)))

@@ -79,8 +79,9 @@ def summarize(cells: Sequence[Cell], records: dict[str, dict]) -> dict:
         if baseline not in arms or baseline == arm:
           continue
         row["differences"][baseline] = {
-            metric: stats.compare_paired(_values(by_seed, metric, seeds), _values(arms[baseline], metric, seeds))
-            for metric in stats_metrics()}
+          metric: stats.compare_paired(_values(by_seed, metric, seeds), _values(arms[baseline], metric, seeds))
+          for metric in stats_metrics()
+        }
       rows.append(row)
   return {"rows": rows}
 
@@ -95,21 +96,31 @@ def table_markdown(summary: dict) -> str:
   for row in summary["rows"]:
     if (row["dataset"], row["n_per_class"]) != current:
       current = row["dataset"], row["n_per_class"]
-      header = (["arm", "seeds"] + [SHORT[m] for m in TABLE_METRICS]
-                + [f"Δ {SHORT[m]} vs {b}" for b in BASELINES for m in DIFF_METRICS])
-      lines += ["", f"### {row['dataset']}, n_per_class = {row['n_per_class']}", "",
-                "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+      header = (
+        ["arm", "seeds"]
+        + [SHORT[m] for m in TABLE_METRICS]
+        + [f"Δ {SHORT[m]} vs {b}" for b in BASELINES for m in DIFF_METRICS]
+      )
+      lines += [
+        "",
+        f"### {row['dataset']}, n_per_class = {row['n_per_class']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+      ]
     cols = [row["arm"], str(row["seeds"])] + [_fmt(row[m]["mean"], row[m]["ci95"]) for m in TABLE_METRICS]
     for b in BASELINES:
       for m in DIFF_METRICS:
         d = row["differences"].get(b, {}).get(m)
         cols.append(_fmt_diff(d) if d else "")
     lines.append("| " + " | ".join(cols) + " |")
-  legend = ("Test metrics, mean ± 95% t interval over seeds; Δ: paired (same seed) difference, mean "
-            "[percentile-bootstrap 95% interval] and the two-sided sign-flip permutation p-value. "
-            "The threshold of each classifier is chosen on validation. With n seeds the permutation "
-            "p-value cannot fall below 2/2^n, and with fewer than about 10 seeds the bootstrap interval "
-            "is too narrow: read such rows by their p-values.")
+  legend = (
+    "Test metrics, mean ± 95% t interval over seeds; Δ: paired (same seed) difference, mean "
+    "[percentile-bootstrap 95% interval] and the two-sided sign-flip permutation p-value. "
+    "The threshold of each classifier is chosen on validation. With n seeds the permutation "
+    "p-value cannot fall below 2/2^n, and with fewer than about 10 seeds the bootstrap interval "
+    "is too narrow: read such rows by their p-values."
+  )
   return "\n".join([legend] + lines).strip() + "\n"
 
 
@@ -121,8 +132,13 @@ def table_csv(summary: dict) -> str:
     header += [f"{m}_mean", f"{m}_ci95"]
   for b in BASELINES:
     for m in stats_metrics():
-      header += [f"{m}_diff_vs_{b}", f"{m}_diff_vs_{b}_ci_lower", f"{m}_diff_vs_{b}_ci_upper",
-                 f"{m}_diff_vs_{b}_p", f"{m}_diff_vs_{b}_p_ttest"]
+      header += [
+        f"{m}_diff_vs_{b}",
+        f"{m}_diff_vs_{b}_ci_lower",
+        f"{m}_diff_vs_{b}_ci_upper",
+        f"{m}_diff_vs_{b}_p",
+        f"{m}_diff_vs_{b}_p_ttest",
+      ]
   writer.writerow(header)
   for row in summary["rows"]:
     out = [row["dataset"], row["n_per_class"], row["arm"], row["seeds"]]
@@ -131,8 +147,17 @@ def table_csv(summary: dict) -> str:
     for b in BASELINES:
       for m in stats_metrics():
         d = row["differences"].get(b, {}).get(m)
-        out += ([_num(d["mean_difference"]), _num(d["ci_lower"]), _num(d["ci_upper"]), _num(d["p_value"]),
-                 _num(d["p_value_t"])] if d else [""] * 5)
+        out += (
+          [
+            _num(d["mean_difference"]),
+            _num(d["ci_lower"]),
+            _num(d["ci_upper"]),
+            _num(d["p_value"]),
+            _num(d["p_value_t"]),
+          ]
+          if d
+          else [""] * 5
+        )
     writer.writerow(out)
   return buffer.getvalue()
 
@@ -149,8 +174,10 @@ def cross_summary(cells: Sequence[Cell], records: dict[str, dict], targets: Sequ
       row = {"dataset": dataset, "n_per_class": n_label(n), "arm": arm, "seeds": len(by_seed), "targets": {}}
       for target in [dataset] + [t for t in targets if t != dataset]:
         cross = None if target == dataset else target
-        row["targets"][target] = {m: dict(zip(("mean", "ci95"), stats.mean_ci(
-            _values(by_seed, m, seeds, target=cross)))) for m in ("balanced_accuracy", "roc_auc")}
+        row["targets"][target] = {
+          m: dict(zip(("mean", "ci95"), stats.mean_ci(_values(by_seed, m, seeds, target=cross))))
+          for m in ("balanced_accuracy", "roc_auc")
+        }
       rows.append(row)
   return {"targets": list(targets), "rows": rows}
 
@@ -158,15 +185,23 @@ def cross_summary(cells: Sequence[Cell], records: dict[str, dict], targets: Sequ
 def cross_markdown(summary: dict) -> str:
   targets = summary["targets"]
   header = ["trained on", "n_per_class", "arm"] + [f"{t}: bal. acc. / ROC-AUC" for t in targets]
-  lines = ["Balanced accuracy and ROC-AUC on each dataset's test split (mean ± 95% t interval over seeds); "
-           "the threshold is the one chosen on the training dataset's validation split.", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines = [
+    "Balanced accuracy and ROC-AUC on each dataset's test split (mean ± 95% t interval over seeds); "
+    "the threshold is the one chosen on the training dataset's validation split.",
+    "",
+    "| " + " | ".join(header) + " |",
+    "|" + "---|" * len(header),
+  ]
   for row in summary["rows"]:
     cols = [row["dataset"], row["n_per_class"], row["arm"]]
     for t in targets:
       m = row["targets"].get(t, {})
-      cols.append(f"{_fmt(m['balanced_accuracy']['mean'], m['balanced_accuracy']['ci95'])} / "
-                  f"{_fmt(m['roc_auc']['mean'], m['roc_auc']['ci95'])}" if m else "")
+      cols.append(
+        f"{_fmt(m['balanced_accuracy']['mean'], m['balanced_accuracy']['ci95'])} / "
+        f"{_fmt(m['roc_auc']['mean'], m['roc_auc']['ci95'])}"
+        if m
+        else ""
+      )
     lines.append("| " + " | ".join(cols) + " |")
   return "\n".join(lines) + "\n"
 
@@ -174,20 +209,47 @@ def cross_markdown(summary: dict) -> str:
 def cross_csv(summary: dict) -> str:
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(["trained_on", "n_per_class", "arm", "seeds", "tested_on", "balanced_accuracy_mean",
-                   "balanced_accuracy_ci95", "roc_auc_mean", "roc_auc_ci95"])
+  writer.writerow(
+    [
+      "trained_on",
+      "n_per_class",
+      "arm",
+      "seeds",
+      "tested_on",
+      "balanced_accuracy_mean",
+      "balanced_accuracy_ci95",
+      "roc_auc_mean",
+      "roc_auc_ci95",
+    ]
+  )
   for row in summary["rows"]:
     for target, m in row["targets"].items():
-      writer.writerow([row["dataset"], row["n_per_class"], row["arm"], row["seeds"], target,
-                       _num(m["balanced_accuracy"]["mean"]), _num(m["balanced_accuracy"]["ci95"]),
-                       _num(m["roc_auc"]["mean"]), _num(m["roc_auc"]["ci95"])])
+      writer.writerow(
+        [
+          row["dataset"],
+          row["n_per_class"],
+          row["arm"],
+          row["seeds"],
+          target,
+          _num(m["balanced_accuracy"]["mean"]),
+          _num(m["balanced_accuracy"]["ci95"]),
+          _num(m["roc_auc"]["mean"]),
+          _num(m["roc_auc"]["ci95"]),
+        ]
+      )
   return buffer.getvalue()
 
 
 def timing_summary(records: dict[str, dict]) -> dict:
   """Where the sweep's compute went (seconds summed over cells; a shared generator counted once)."""
-  total = {"classifier_seconds": 0.0, "generator_seconds": 0.0, "synthesis_seconds": 0.0, "data_seconds": 0.0,
-           "compile_seconds": 0.0, "cell_seconds": 0.0}
+  total = {
+    "classifier_seconds": 0.0,
+    "generator_seconds": 0.0,
+    "synthesis_seconds": 0.0,
+    "data_seconds": 0.0,
+    "compile_seconds": 0.0,
+    "cell_seconds": 0.0,
+  }
   for record in records.values():
     timing = record.get("timing", {})
     for key in total:
@@ -203,6 +265,7 @@ def timing_summary(records: dict[str, dict]) -> dict:
 def accuracy_figure(summary: dict, path: Path, metric: str = "balanced_accuracy") -> None:
   """Test `metric` vs n_per_class per arm, with the 95% interval as a band; one panel per dataset."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -230,8 +293,9 @@ def accuracy_figure(summary: dict, path: Path, metric: str = "balanced_accuracy"
   plt.close(fig)
 
 
-def sample_grid_figure(sweep, dataset: str, kind: str, n_values: Sequence, seed: int, per_class: int,
-                       path: Path) -> bool:
+def sample_grid_figure(
+  sweep, dataset: str, kind: str, n_values: Sequence, seed: int, per_class: int, path: Path
+) -> bool:
   """Rows: n_per_class; columns: `per_class` synthetic images of each class from that cell group's
   generator. False when none of the synthetic sets exists (runs/ deleted)."""
   from vaeaug import synthesis
@@ -247,13 +311,15 @@ def sample_grid_figure(sweep, dataset: str, kind: str, n_values: Sequence, seed:
       idx = np.flatnonzero(synthetic.labels == c)[:per_class]
       images = synthetic.images[idx]
       if len(images) < per_class:
-        images = np.concatenate([images, np.zeros((per_class - len(images),) + synthetic.images.shape[1:],
-                                                  synthetic.images.dtype)])
+        images = np.concatenate(
+          [images, np.zeros((per_class - len(images),) + synthetic.images.shape[1:], synthetic.images.dtype)]
+        )
       picks.append(images)
     rows.append((n, np.concatenate(picks), synthetic.class_names))
   if not rows:
     return False
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -269,8 +335,7 @@ def sample_grid_figure(sweep, dataset: str, kind: str, n_values: Sequence, seed:
         ax.set_ylabel(f"n={n_label(n)}", fontsize=8)
       if r == 0 and c % per_class == 0:
         ax.set_title(class_names[c // per_class], fontsize=8, loc="left")
-  fig.suptitle(f"{kind} samples, {dataset} (seed {seed}; rows: real images per class it was trained on)",
-               fontsize=9)
+  fig.suptitle(f"{kind} samples, {dataset} (seed {seed}; rows: real images per class it was trained on)", fontsize=9)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
@@ -288,8 +353,14 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
   markdown = table_markdown(summary)
   (workdir / "table.md").write_text(markdown)
   (workdir / "table.csv").write_text(table_csv(summary))
-  out = {"preset": config.preset, "config_hash": sweep.hash, "cells_finished": len(records),
-         "cells_total": len(cells), "table": summary, "compute_seconds": timing_summary(records)}
+  out = {
+    "preset": config.preset,
+    "config_hash": sweep.hash,
+    "cells_finished": len(records),
+    "cells_total": len(cells),
+    "table": summary,
+    "compute_seconds": timing_summary(records),
+  }
   if config.cross_test_datasets:
     cross = cross_summary(cells, records, list(config.cross_test_datasets))
     (workdir / "cross_dataset.md").write_text(cross_markdown(cross))
@@ -303,8 +374,15 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
   n_values = [n or None for n in config.n_per_class]
   for dataset in config.datasets:
     for kind in kinds:
-      sample_grid_figure(sweep, dataset, kind, n_values, config.first_seed, config.synthesis.figure_samples,
-                         figures / f"samples_{dataset.replace('/', '-')}_{kind}.png")
+      sample_grid_figure(
+        sweep,
+        dataset,
+        kind,
+        n_values,
+        config.first_seed,
+        config.synthesis.figure_samples,
+        figures / f"samples_{dataset.replace('/', '-')}_{kind}.png",
+      )
   return markdown
 
 

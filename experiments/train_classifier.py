@@ -29,10 +29,15 @@ def main(argv):
   summary = train.train_and_evaluate(config, _WORKDIR.value)
   if jax.process_index() == 0:
     test = summary["test"]
-    shown = {k: round(test[k], 4) for k in ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_auc")
-             if isinstance(test.get(k), float)}
-    print(f"best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}, threshold "
-          f"{summary['threshold']:.3f}; test: {json.dumps(shown)}")
+    shown = {
+      k: round(test[k], 4)
+      for k in ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_auc")
+      if isinstance(test.get(k), float)
+    }
+    print(
+      f"best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}, threshold "
+      f"{summary['threshold']:.3f}; test: {json.dumps(shown)}"
+    )
 
 
 if __name__ == "__main__":

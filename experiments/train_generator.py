@@ -29,8 +29,11 @@ def main(argv):
   if jax.process_index() == 0:
     shown = {k: round(v, 4) for k, v in summary["validation"].items()}
     bits = summary["validation_bits_per_dim"]
-    print(f"best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}; validation: {json.dumps(shown)}; "
-          + (f"bits/dim {bits:.4f}; " if bits is not None else "") + f"{summary['train_img_per_s']} img/s")
+    print(
+      f"best epoch {summary['best_epoch'] + 1} of {summary['epochs_run']}; validation: {json.dumps(shown)}; "
+      + (f"bits/dim {bits:.4f}; " if bits is not None else "")
+      + f"{summary['train_img_per_s']} img/s"
+    )
 
 
 if __name__ == "__main__":

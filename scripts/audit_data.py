@@ -1,7 +1,7 @@
 r"""Leak audit of a built dataset: near-duplicate pairs that cross its splits.
 
-  python scripts/audit_data.py --dataset=face_mask12k --config=official
-  python scripts/audit_data.py --dataset=face_mask12k --config=grouped --json
+python scripts/audit_data.py --dataset=face_mask12k --config=official
+python scripts/audit_data.py --dataset=face_mask12k --config=grouped --json
 """
 
 import json
@@ -11,10 +11,13 @@ from absl import app, flags
 
 from vaeaug.data import audit
 
-_DATASET = flags.DEFINE_enum("dataset", "face_mask12k",
-                             ["face_mask_detection", "face_mask12k", "face_mask_observations"], "Dataset.")
+_DATASET = flags.DEFINE_enum(
+  "dataset", "face_mask12k", ["face_mask_detection", "face_mask12k", "face_mask_observations"], "Dataset."
+)
 _CONFIG = flags.DEFINE_string("config", "official", "Builder config, e.g. official, grouped, 2classes.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Built TFDS datasets (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Built TFDS datasets (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
 _EXAMPLES = flags.DEFINE_integer("examples", 5, "Example file pairs shown per split pair.")
 

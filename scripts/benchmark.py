@@ -50,19 +50,35 @@ flags.DEFINE_bool("json", False, "print the result as JSON instead of the Markdo
 flags.DEFINE_string("out_dir", "experiments/results/benchmarks", "where to write the .json / .md ('' : nowhere)")
 flags.DEFINE_string("name", None, "file stem (default: <date>_<cpu>)")
 flags.DEFINE_bool("torch", True, "also run the PyTorch twins (when torch is installed)")
-flags.DEFINE_bool("torch_one_thread", True,
-                  "also time PyTorch on 1 thread (a reference: OpenMP's spin-waits make 2 threads slower than 1 "
-                  "on a loaded machine); the ratio stays against the equal-thread run")
-flags.DEFINE_list("pipeline_models", ["cnn_bn3", "resnet18"],
-                  "models whose input-pipeline share is measured in a real loop.fit run ('' : none)")
+flags.DEFINE_bool(
+  "torch_one_thread",
+  True,
+  "also time PyTorch on 1 thread (a reference: OpenMP's spin-waits make 2 threads slower than 1 "
+  "on a loaded machine); the ratio stays against the equal-thread run",
+)
+flags.DEFINE_list(
+  "pipeline_models",
+  ["cnn_bn3", "resnet18"],
+  "models whose input-pipeline share is measured in a real loop.fit run ('' : none)",
+)
 flags.DEFINE_integer("pipeline_steps", 30, "train steps of the loop.fit run")
-flags.DEFINE_enum("profile", "auto", ["auto", "all", "none"],
-                  "per-op time breakdown (jax.profiler) of the JAX step: models below 1.0x (against the faster "
-                  "PyTorch run), all, none")
-flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
-                  "JAX compute dtype (config.compute_dtype); PyTorch always runs float32")
-flags.DEFINE_string("notes", "experiments/results/benchmarks/notes.md",
-                    "Markdown appended to the .md (analysis, what was tried; '' : none)")
+flags.DEFINE_enum(
+  "profile",
+  "auto",
+  ["auto", "all", "none"],
+  "per-op time breakdown (jax.profiler) of the JAX step: models below 1.0x (against the faster PyTorch run), all, none",
+)
+flags.DEFINE_enum(
+  "compute_dtype",
+  "float32",
+  ["float32", "bfloat16"],
+  "JAX compute dtype (config.compute_dtype); PyTorch always runs float32",
+)
+flags.DEFINE_string(
+  "notes",
+  "experiments/results/benchmarks/notes.md",
+  "Markdown appended to the .md (analysis, what was tried; '' : none)",
+)
 
 
 # ----------------------------------------------------------------------------- machine
@@ -107,8 +123,7 @@ def measured_clock_ghz() -> float | None:
   try:
     with tempfile.TemporaryDirectory() as tmp:
       (Path(tmp) / "clock.c").write_text(_CLOCK_C)
-      subprocess.run(["cc", "-O2", "-o", f"{tmp}/clock", f"{tmp}/clock.c"], check=True, capture_output=True,
-                     timeout=60)
+      subprocess.run(["cc", "-O2", "-o", f"{tmp}/clock", f"{tmp}/clock.c"], check=True, capture_output=True, timeout=60)
       return float(subprocess.run([f"{tmp}/clock"], capture_output=True, text=True, timeout=60).stdout)
   except (OSError, subprocess.SubprocessError, ValueError):
     return None
@@ -143,14 +158,24 @@ def machine() -> dict:
   fma_units = 2  # FMA pipes per core on x86 server cores since Haswell / Zen (a few Intel SKUs have 1)
   peak = cores * fma_units * lanes * 2 * mhz / 1e3  # GFLOP/s; an FMA is 2 FLOPs
   return {
-      "cpu": field("model name") or platform.processor(), "vendor": vendor, "family": family,
-      "model": int(field("model") or 0), "cores": cores, "clock_mhz": round(mhz), "nominal_mhz": nominal_mhz,
-      "clock_source": clock_source,
-      "isa": isa, "bf16": "avx512_bf16" in flags_, "amx": "amx_tile" in flags_,
-      "hypervisor": "hypervisor" in flags_, "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-      "peak_gflops": round(peak, 1),
-      "peak_derivation": (f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes ({isa}) x 2 FLOP/FMA x "
-                          f"{mhz / 1e3:.2f} GHz ({clock_source}) = {peak:.0f} GFLOP/s"),
+    "cpu": field("model name") or platform.processor(),
+    "vendor": vendor,
+    "family": family,
+    "model": int(field("model") or 0),
+    "cores": cores,
+    "clock_mhz": round(mhz),
+    "nominal_mhz": nominal_mhz,
+    "clock_source": clock_source,
+    "isa": isa,
+    "bf16": "avx512_bf16" in flags_,
+    "amx": "amx_tile" in flags_,
+    "hypervisor": "hypervisor" in flags_,
+    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    "peak_gflops": round(peak, 1),
+    "peak_derivation": (
+      f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes ({isa}) x 2 FLOP/FMA x "
+      f"{mhz / 1e3:.2f} GHz ({clock_source}) = {peak:.0f} GFLOP/s"
+    ),
   }
 
 
@@ -159,6 +184,7 @@ def measured_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
@@ -178,29 +204,47 @@ def jax_setup(name: str, batch: int, image_size: int, compute_dtype: str = "floa
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   rng = np.random.default_rng(0)
-  arrays = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-            "label": rng.integers(0, 2, (batch,)).astype(np.int32)}
+  arrays = {
+    "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+    "label": rng.integers(0, 2, (batch,)).astype(np.int32),
+  }
   if name in AUTOENCODERS:
     from experiments.configs import generator as config_lib
     from vaeaug import generators
+
     config = config_lib.get_config()
     config.update(model=name, image_size=image_size, batch_size=batch, optimizer="adam", compute_dtype=compute_dtype)
     state = generators.create_generator_state(config, 2, steps_per_epoch=100)
-    step = functools.partial(generators.train_step, beta=config.beta, warmup_steps=500,
-                             noise=generators.noise_config(config))
+    step = functools.partial(
+      generators.train_step, beta=config.beta, warmup_steps=500, noise=generators.noise_config(config)
+    )
   else:
     from classifiers import train
     from experiments.configs import classifier as config_lib
+
     config = config_lib.get_config()
     config.update(model=name, image_size=image_size, batch_size=batch, optimizer="adam", compute_dtype=compute_dtype)
     state = train.create_train_state_for(config, 2, steps_per_epoch=100)
-    step = functools.partial(train.train_step, num_classes=2, label_smoothing=0.0, weights=jnp.ones(2),
-                             normalization=config.normalization, augment_config=None)
+    step = functools.partial(
+      train.train_step,
+      num_classes=2,
+      label_smoothing=0.0,
+      weights=jnp.ones(2),
+      normalization=config.normalization,
+      augment_config=None,
+    )
   from vaeaug.training.state import step_compiler_options
+
   # Compiled as the project's training compiles it (per-model-family XLA options).
-  return (state, jax.jit(step, donate_argnums=0, compiler_options=step_compiler_options(config)), arrays,
-          jax.random.key(0), config)
+  return (
+    state,
+    jax.jit(step, donate_argnums=0, compiler_options=step_compiler_options(config)),
+    arrays,
+    jax.random.key(0),
+    config,
+  )
 
 
 def _timed(run_steps, steps: int) -> tuple[float, float]:
@@ -213,7 +257,9 @@ def _timed(run_steps, steps: int) -> tuple[float, float]:
 class JaxRunner:
   def __init__(self, name, batch, image_size, compute_dtype="float32"):
     import jax
+
     from vaeaug.training import sharding
+
     self.jax = jax
     state, step, arrays, self.key, self.config = jax_setup(name, batch, image_size, compute_dtype)
     self.mesh = sharding.make_mesh()
@@ -233,14 +279,26 @@ class JaxRunner:
       for _ in range(steps):
         self.state, metrics = self.compiled(self.state, self.batch, self.key)
       self.jax.block_until_ready((self.state, metrics))
+
     return _timed(run_steps, steps)
 
 
 # ----------------------------------------------------------------------------- profile
 
 _HLO_OP = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ([\w\-]+)\(")
-_HEAVY = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "transpose", "concatenate", "pad",
-          "slice", "scatter", "gather")
+_HEAVY = (
+  "convolution",
+  "dot",
+  "reduce-window",
+  "select-and-scatter",
+  "reduce",
+  "transpose",
+  "concatenate",
+  "pad",
+  "slice",
+  "scatter",
+  "gather",
+)
 
 
 def _hlo_ops(hlo: str) -> dict:
@@ -283,7 +341,9 @@ def profile_step(runner, steps: int = 2, top: int = 8) -> dict:
   """Where the JAX step's time goes: the XLA CPU thunks of `steps` steps (jax.profiler, perfetto
   trace), grouped by kind (ms per step; sums of thunk times, which overlap on several threads)."""
   import gzip
+
   import jax
+
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir, create_perfetto_trace=True):
       runner.run(steps)
@@ -302,10 +362,12 @@ def profile_step(runner, steps: int = 2, top: int = 8) -> dict:
     categories[ops[name][0]] = categories.get(ops[name][0], 0.0) + ms
   total = sum(categories.values()) or float("nan")
   return {
-      "total_ms": round(total, 1),
-      "categories": {k: round(v, 1) for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},
-      "top_ops": [{"op": name, "ms": round(ms, 1), "category": ops[name][0], "shape": ops[name][1],
-                   "source": ops[name][2]} for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]],
+    "total_ms": round(total, 1),
+    "categories": {k: round(v, 1) for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},
+    "top_ops": [
+      {"op": name, "ms": round(ms, 1), "category": ops[name][0], "shape": ops[name][1], "source": ops[name][2]}
+      for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    ],
   }
 
 
@@ -326,8 +388,10 @@ class TorchRunner:
   def __init__(self, name, model, config, param_sizes, batch, image_size, threads, warmup):
     import numpy as np
     import torch
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch_reference
+
     self.torch = torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -340,13 +404,17 @@ class TorchRunner:
     self.params = torch_reference.count_params(self.module)
     sizes = sorted(p.numel() for p in self.module.parameters())
     if sizes != param_sizes:
-      raise AssertionError(f"{name}: the PyTorch twin's parameters ({self.params}, {len(sizes)} tensors) differ "
-                           f"from the JAX model's ({sum(param_sizes)}, {len(param_sizes)} tensors)")
+      raise AssertionError(
+        f"{name}: the PyTorch twin's parameters ({self.params}, {len(sizes)} tensors) differ "
+        f"from the JAX model's ({sum(param_sizes)}, {len(param_sizes)} tensors)"
+      )
     rng = np.random.default_rng(0)
     nhwc = torch.from_numpy(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8))
     self.labels = torch.from_numpy(rng.integers(0, 2, (batch,)))
-    self.images = {"channels_last": nhwc.permute(0, 3, 1, 2),  # an NHWC buffer is channels-last NCHW
-                   "contiguous": nhwc.permute(0, 3, 1, 2).contiguous()}
+    self.images = {
+      "channels_last": nhwc.permute(0, 3, 1, 2),  # an NHWC buffer is channels-last NCHW
+      "contiguous": nhwc.permute(0, 3, 1, 2).contiguous(),
+    }
     self.format_img_per_s = {}
     best = None
     for fmt in ("contiguous", "channels_last"):
@@ -374,6 +442,7 @@ class TorchRunner:
       for _ in range(steps):
         loss = self._step()
       float(loss)
+
     return _timed(run_steps, steps)
 
 
@@ -390,6 +459,7 @@ def _torch_worker(conn, name, batch, image_size, threads, warmup, compute_dtype)
       conn.send(twin.run(steps))
   except Exception as error:  # reported by the parent with the worker's traceback
     import traceback
+
     conn.send({"error": f"{type(error).__name__}: {error}\n{traceback.format_exc()}"})
 
 
@@ -401,10 +471,12 @@ class TorchProcess:
 
   def __init__(self, name, batch, image_size, threads, warmup, compute_dtype):
     import multiprocessing
+
     context = multiprocessing.get_context("spawn")
     self.conn, child = context.Pipe()
-    self.process = context.Process(target=_torch_worker, daemon=True,
-                                   args=(child, name, batch, image_size, threads, warmup, compute_dtype))
+    self.process = context.Process(
+      target=_torch_worker, daemon=True, args=(child, name, batch, image_size, threads, warmup, compute_dtype)
+    )
     self.process.start()
     info = self._receive()
     self.params, self.format, self.format_img_per_s = info["params"], info["format"], info["format_img_per_s"]
@@ -435,15 +507,20 @@ def pipeline_share(name: str, batch: int, image_size: int, steps: int) -> dict:
   first, which holds the compile)."""
   import jax
   import numpy as np
+
   from vaeaug.data import pipeline
   from vaeaug.training import loop, sharding
+
   state, step, _, _, _ = jax_setup(name, batch, image_size)
   rng = np.random.default_rng(1)
   n = batch * steps
   data = pipeline.ArrayDataset(
-      images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
-      labels=rng.integers(0, 2, (n,)).astype(np.int32), files=np.array([f"random/{i}" for i in range(n)]),
-      groups=np.array([str(i) for i in range(n)]), class_names=("a", "b"))
+    images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
+    labels=rng.integers(0, 2, (n,)).astype(np.int32),
+    files=np.array([f"random/{i}" for i in range(n)]),
+    groups=np.array([str(i) for i in range(n)]),
+    class_names=("a", "b"),
+  )
   spent = {"epoch_batches": 0.0, "shard_batch": 0.0, "batches": 0}
   original_batches, original_shard = pipeline.epoch_batches, sharding.shard_batch
 
@@ -473,18 +550,25 @@ def pipeline_share(name: str, batch: int, image_size: int, steps: int) -> dict:
   try:
     with tempfile.TemporaryDirectory() as workdir:
       loop.fit(state, step, lambda state: {"loss": 0.0}, data, config, workdir)
-      rates = [json.loads(line)["img_per_s"] for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-               if '"train"' in line]
+      rates = [
+        json.loads(line)["img_per_s"]
+        for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+      ]
   finally:
     pipeline.epoch_batches, sharding.shard_batch = original_batches, original_shard
   jax.clear_caches()
   steady = float(np.median(rates[1:])) if len(rates) > 1 else float("nan")
   data_s = (spent["epoch_batches"] + spent["shard_batch"]) / max(spent["batches"], 1)
   step_s = batch / steady
-  return {"model": name, "loop_img_per_s": round(steady, 1), "loop_step_ms": round(1e3 * step_s, 2),
-          "epoch_batches_ms": round(1e3 * spent["epoch_batches"] / max(spent["batches"], 1), 3),
-          "shard_batch_ms": round(1e3 * spent["shard_batch"] / max(spent["batches"], 1), 3),
-          "data_share": round(data_s / step_s, 4)}
+  return {
+    "model": name,
+    "loop_img_per_s": round(steady, 1),
+    "loop_step_ms": round(1e3 * step_s, 2),
+    "epoch_batches_ms": round(1e3 * spent["epoch_batches"] / max(spent["batches"], 1), 3),
+    "shard_batch_ms": round(1e3 * spent["shard_batch"] / max(spent["batches"], 1), 3),
+    "data_share": round(data_s / step_s, 4),
+  }
 
 
 # ----------------------------------------------------------------------------- report
@@ -500,55 +584,79 @@ def markdown(result: dict) -> str:
   m = result["machine"]
   dtype = result.get("compute_dtype", "float32")
   lines = [
-      f"# Train-step benchmark, {result['date']}", "",
-      f"Command: `{result['command']}`", "",
-      f"Machine: {m['cpu']} ({m['vendor']} family {m['family']} model {m['model']}), {m['cores']} cores usable, "
-      f"{m['isa']}, avx512_bf16 {'yes' if m['bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "
-      f"{m['memory_gb']} GiB{', virtual machine' if m['hypervisor'] else ''}. {result['software']}. "
-      f"Load average (1 min) {result['load_average_start'][0]} at the start, {result['load_average_end'][0]} "
-      "at the end (other jobs share this machine).", "",
-      f"fp32 peak: {m['peak_derivation']}. One {result['matmul_size']}^2 fp32 XLA matmul: "
-      f"{result['matmul_gflops']:.0f} GFLOP/s (best of 5, wall clock).", "",
-      f"Batch {result['batch']}, {result['image_size']}x{result['image_size']}x3 uint8 input, Adam, "
-      f"{result['threads']} threads for both frameworks, JAX compute dtype {dtype} (PyTorch float32); "
-      f"median of {result['repeats']} repetitions of {result['steps']} steps, JAX and PyTorch repetitions "
-      "alternating, PyTorch in its own worker process (PyTorch on 1 thread too, as a reference). Ratio = JAX img/s / PyTorch img/s at equal threads; "
-      "ratio vs faster PyTorch: against the better of PyTorch's equal-thread and 1-thread runs. "
-      "GFLOP/s and % peak: XLA's FLOP count of the compiled "
-      "JAX step / its median step time. CPU s/step: each framework's process CPU time per step (all "
-      "threads; spin-waits count).", "",
-      "| model | params | JAX img/s | PyTorch img/s (format) | ratio | GFLOP/step | JAX GFLOP/s | % peak | "
-      "compile s | CPU s/step JAX / PyTorch | PyTorch 1-thread img/s | ratio vs faster PyTorch |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    f"# Train-step benchmark, {result['date']}",
+    "",
+    f"Command: `{result['command']}`",
+    "",
+    f"Machine: {m['cpu']} ({m['vendor']} family {m['family']} model {m['model']}), {m['cores']} cores usable, "
+    f"{m['isa']}, avx512_bf16 {'yes' if m['bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "
+    f"{m['memory_gb']} GiB{', virtual machine' if m['hypervisor'] else ''}. {result['software']}. "
+    f"Load average (1 min) {result['load_average_start'][0]} at the start, {result['load_average_end'][0]} "
+    "at the end (other jobs share this machine).",
+    "",
+    f"fp32 peak: {m['peak_derivation']}. One {result['matmul_size']}^2 fp32 XLA matmul: "
+    f"{result['matmul_gflops']:.0f} GFLOP/s (best of 5, wall clock).",
+    "",
+    f"Batch {result['batch']}, {result['image_size']}x{result['image_size']}x3 uint8 input, Adam, "
+    f"{result['threads']} threads for both frameworks, JAX compute dtype {dtype} (PyTorch float32); "
+    f"median of {result['repeats']} repetitions of {result['steps']} steps, JAX and PyTorch repetitions "
+    "alternating, PyTorch in its own worker process (PyTorch on 1 thread too, as a reference). Ratio = JAX img/s / PyTorch img/s at equal threads; "
+    "ratio vs faster PyTorch: against the better of PyTorch's equal-thread and 1-thread runs. "
+    "GFLOP/s and % peak: XLA's FLOP count of the compiled "
+    "JAX step / its median step time. CPU s/step: each framework's process CPU time per step (all "
+    "threads; spin-waits count).",
+    "",
+    "| model | params | JAX img/s | PyTorch img/s (format) | ratio | GFLOP/step | JAX GFLOP/s | % peak | "
+    "compile s | CPU s/step JAX / PyTorch | PyTorch 1-thread img/s | ratio vs faster PyTorch |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in result["models"]:
-    torch_cell = (f"{_fmt(r['torch_img_per_s'])} ({r['torch_format']})" if r.get("torch_img_per_s")
-                  else result.get("torch_missing", "n/a"))
+    torch_cell = (
+      f"{_fmt(r['torch_img_per_s'])} ({r['torch_format']})"
+      if r.get("torch_img_per_s")
+      else result.get("torch_missing", "n/a")
+    )
     cpu = f"{_fmt(r['jax_cpu_s_per_step'], '.3f')} / {_fmt(r.get('torch_cpu_s_per_step'), '.3f')}"
-    lines.append(f"| {r['model']} | {r['params']:,} | {_fmt(r['jax_img_per_s'])} | {torch_cell} | "
-                 f"{_fmt(r.get('ratio'), '.2f')} | {_fmt(r['gflop_per_step'], '.2f')} | {_fmt(r['jax_gflops'])} | "
-                 f"{_fmt(r['peak_percent'])} | {_fmt(r['compile_s'])} | {cpu} | "
-                 f"{_fmt(r.get('torch_1thread_img_per_s'))} | {_fmt(r.get('ratio_vs_faster_torch'), '.2f')} |")
+    lines.append(
+      f"| {r['model']} | {r['params']:,} | {_fmt(r['jax_img_per_s'])} | {torch_cell} | "
+      f"{_fmt(r.get('ratio'), '.2f')} | {_fmt(r['gflop_per_step'], '.2f')} | {_fmt(r['jax_gflops'])} | "
+      f"{_fmt(r['peak_percent'])} | {_fmt(r['compile_s'])} | {cpu} | "
+      f"{_fmt(r.get('torch_1thread_img_per_s'))} | {_fmt(r.get('ratio_vs_faster_torch'), '.2f')} |"
+    )
   if result["pipeline"]:
-    lines += ["", "Input pipeline in a real `loop.fit` run (time in `pipeline.epoch_batches` + "
-              "`sharding.shard_batch` per step, against the loop's own step time):", "",
-              "| model | loop img/s | step ms | epoch_batches ms | shard_batch ms | data share |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+      "",
+      "Input pipeline in a real `loop.fit` run (time in `pipeline.epoch_batches` + "
+      "`sharding.shard_batch` per step, against the loop's own step time):",
+      "",
+      "| model | loop img/s | step ms | epoch_batches ms | shard_batch ms | data share |",
+      "|---|---:|---:|---:|---:|---:|",
+    ]
     for p in result["pipeline"]:
-      lines.append(f"| {p['model']} | {_fmt(p['loop_img_per_s'])} | {_fmt(p['loop_step_ms'])} | "
-                   f"{_fmt(p['epoch_batches_ms'], '.2f')} | {_fmt(p['shard_batch_ms'], '.2f')} | "
-                   f"{_fmt(100 * p['data_share'], '.1f')}% |")
+      lines.append(
+        f"| {p['model']} | {_fmt(p['loop_img_per_s'])} | {_fmt(p['loop_step_ms'])} | "
+        f"{_fmt(p['epoch_batches_ms'], '.2f')} | {_fmt(p['shard_batch_ms'], '.2f')} | "
+        f"{_fmt(100 * p['data_share'], '.1f')}% |"
+      )
   profiled = [r for r in result["models"] if r.get("profile")]
   if profiled:
-    lines += ["", "## Where the JAX step's time goes", "",
-              "XLA CPU thunk times from `jax.profiler` (ms per step, summed over threads, so they can exceed "
-              "the step's wall time), by kind, and the largest single ops:", ""]
+    lines += [
+      "",
+      "## Where the JAX step's time goes",
+      "",
+      "XLA CPU thunk times from `jax.profiler` (ms per step, summed over threads, so they can exceed "
+      "the step's wall time), by kind, and the largest single ops:",
+      "",
+    ]
     for r in profiled:
       prof = r["profile"]
-      lines.append(f"**{r['model']}** (ratio {_fmt(r.get('ratio'), '.2f')}, vs faster PyTorch "
-                   f"{_fmt(r.get('ratio_vs_faster_torch'), '.2f')}; {prof['total_ms']} ms of thunks "
-                   f"per step): " + ", ".join(f"{k} {v} ms ({100 * v / prof['total_ms']:.0f}%)"
-                                             for k, v in prof["categories"].items()) + ".")
+      lines.append(
+        f"**{r['model']}** (ratio {_fmt(r.get('ratio'), '.2f')}, vs faster PyTorch "
+        f"{_fmt(r.get('ratio_vs_faster_torch'), '.2f')}; {prof['total_ms']} ms of thunks "
+        f"per step): "
+        + ", ".join(f"{k} {v} ms ({100 * v / prof['total_ms']:.0f}%)" for k, v in prof["categories"].items())
+        + "."
+      )
       lines.append("")
       lines.append("| op | ms | kind | output shape | source |")
       lines.append("|---|---:|---|---|---|")
@@ -566,21 +674,32 @@ def main(argv):
     raise app.UsageError(f"unknown models {unknown}; choose from {ALL_MODELS}")
   import jax
   import numpy as np
+
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   use_torch = FLAGS.torch and torch_available()
   info = machine()
   software = f"jax {jax.__version__}, Python {platform.python_version()}"
   if use_torch:
     import torch
+
     software += f", torch {torch.__version__}"
   result = {
-      "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-      "command": "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-      "machine": info, "software": software, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "batch": FLAGS.batch, "image_size": FLAGS.image_size, "repeats": FLAGS.repeats, "steps": FLAGS.steps,
-      "compute_dtype": FLAGS.compute_dtype, "threads": threads, "load_average_start": [round(x, 2) for x in os.getloadavg()],
-      "matmul_size": 2048, "matmul_gflops": round(measured_matmul_gflops(), 1),
-      "models": [], "pipeline": [],
+    "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    "command": "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    "machine": info,
+    "software": software,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "batch": FLAGS.batch,
+    "image_size": FLAGS.image_size,
+    "repeats": FLAGS.repeats,
+    "steps": FLAGS.steps,
+    "compute_dtype": FLAGS.compute_dtype,
+    "threads": threads,
+    "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    "matmul_size": 2048,
+    "matmul_gflops": round(measured_matmul_gflops(), 1),
+    "models": [],
+    "pipeline": [],
   }
   if not use_torch:
     result["torch_missing"] = "n/a (torch not installed)" if FLAGS.torch else "n/a (--notorch)"
@@ -591,8 +710,11 @@ def main(argv):
     runner = JaxRunner(name, FLAGS.batch, FLAGS.image_size, FLAGS.compute_dtype)
     for _ in range(FLAGS.warmup):
       runner.run(1)
-    twin = (TorchProcess(name, FLAGS.batch, FLAGS.image_size, threads, FLAGS.warmup, FLAGS.compute_dtype)
-            if use_torch else None)
+    twin = (
+      TorchProcess(name, FLAGS.batch, FLAGS.image_size, threads, FLAGS.warmup, FLAGS.compute_dtype)
+      if use_torch
+      else None
+    )
     if twin is not None and twin.params != runner.params:
       raise AssertionError(f"{name}: PyTorch twin has {twin.params} parameters, the JAX model {runner.params}")
     jax_times, torch_times, torch1_times = [], [], []
@@ -605,30 +727,49 @@ def main(argv):
         torch1_times.append(twin.run(FLAGS.steps, 1))
     jax_s = float(np.median([t for t, _ in jax_times]))
     gflops = runner.flops / jax_s / 1e9
-    row = {"model": name, "params": runner.params, "compile_s": round(runner.compile_s, 2),
-           "jax_img_per_s": round(FLAGS.batch / jax_s, 1), "jax_step_ms": round(1e3 * jax_s, 2),
-           "jax_step_ms_all": [round(1e3 * t, 2) for t, _ in jax_times],
-           "jax_cpu_s_per_step": round(float(np.median([c for _, c in jax_times])), 4),
-           "gflop_per_step": round(runner.flops / 1e9, 3), "jax_gflops": round(gflops, 1),
-           "peak_percent": round(100 * gflops / info["peak_gflops"], 1)}
+    row = {
+      "model": name,
+      "params": runner.params,
+      "compile_s": round(runner.compile_s, 2),
+      "jax_img_per_s": round(FLAGS.batch / jax_s, 1),
+      "jax_step_ms": round(1e3 * jax_s, 2),
+      "jax_step_ms_all": [round(1e3 * t, 2) for t, _ in jax_times],
+      "jax_cpu_s_per_step": round(float(np.median([c for _, c in jax_times])), 4),
+      "gflop_per_step": round(runner.flops / 1e9, 3),
+      "jax_gflops": round(gflops, 1),
+      "peak_percent": round(100 * gflops / info["peak_gflops"], 1),
+    }
     if twin is not None:
       torch_s = float(np.median([t for t, _ in torch_times]))
-      row.update(torch_img_per_s=round(FLAGS.batch / torch_s, 1), torch_step_ms=round(1e3 * torch_s, 2),
-                 torch_step_ms_all=[round(1e3 * t, 2) for t, _ in torch_times],
-                 torch_cpu_s_per_step=round(float(np.median([c for _, c in torch_times])), 4),
-                 torch_format=twin.format, torch_format_img_per_s=twin.format_img_per_s,
-                 torch_gflops=round(runner.flops / torch_s / 1e9, 1), ratio=round(torch_s / jax_s, 3),
-                 ratio_per_repeat=[round(t / j, 3) for (j, _), (t, _) in zip(jax_times, torch_times)])
+      row.update(
+        torch_img_per_s=round(FLAGS.batch / torch_s, 1),
+        torch_step_ms=round(1e3 * torch_s, 2),
+        torch_step_ms_all=[round(1e3 * t, 2) for t, _ in torch_times],
+        torch_cpu_s_per_step=round(float(np.median([c for _, c in torch_times])), 4),
+        torch_format=twin.format,
+        torch_format_img_per_s=twin.format_img_per_s,
+        torch_gflops=round(runner.flops / torch_s / 1e9, 1),
+        ratio=round(torch_s / jax_s, 3),
+        ratio_per_repeat=[round(t / j, 3) for (j, _), (t, _) in zip(jax_times, torch_times)],
+      )
       if torch1_times:
         torch1_s = float(np.median([t for t, _ in torch1_times]))
-        row.update(torch_1thread_img_per_s=round(FLAGS.batch / torch1_s, 1),
-                   torch_1thread_step_ms_all=[round(1e3 * t, 2) for t, _ in torch1_times],
-                   ratio_vs_faster_torch=round(min(torch_s, torch1_s) / jax_s, 3))
-    if FLAGS.profile == "all" or (FLAGS.profile == "auto" and row.get("ratio_vs_faster_torch", row.get("ratio", 0.0)) < 1.0):
+        row.update(
+          torch_1thread_img_per_s=round(FLAGS.batch / torch1_s, 1),
+          torch_1thread_step_ms_all=[round(1e3 * t, 2) for t, _ in torch1_times],
+          ratio_vs_faster_torch=round(min(torch_s, torch1_s) / jax_s, 3),
+        )
+    if FLAGS.profile == "all" or (
+      FLAGS.profile == "auto" and row.get("ratio_vs_faster_torch", row.get("ratio", 0.0)) < 1.0
+    ):
       row["profile"] = profile_step(runner)
     result["models"].append(row)
-    print(f"{name}: JAX {row['jax_img_per_s']} img/s, PyTorch {row.get('torch_img_per_s', 'n/a')} img/s, "
-          f"ratio {row.get('ratio', 'n/a')}", file=sys.stderr, flush=True)
+    print(
+      f"{name}: JAX {row['jax_img_per_s']} img/s, PyTorch {row.get('torch_img_per_s', 'n/a')} img/s, "
+      f"ratio {row.get('ratio', 'n/a')}",
+      file=sys.stderr,
+      flush=True,
+    )
     if twin is not None:
       twin.close()
     del runner, twin
@@ -646,8 +787,12 @@ def main(argv):
   if FLAGS.out_dir:
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = FLAGS.name or (datetime.date.today().isoformat() + "_" +
-                          re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-") + f"-{info['cores']}c")
+    stem = FLAGS.name or (
+      datetime.date.today().isoformat()
+      + "_"
+      + re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
+      + f"-{info['cores']}c"
+    )
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{stem}.md").write_text(table)
     print(f"wrote {out / stem}.json and .md", file=sys.stderr)

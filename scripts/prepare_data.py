@@ -16,8 +16,12 @@ from vaeaug.data import building, sources
 
 _DATASETS = flags.DEFINE_list("datasets", list(sources.RAW_FOLDERS), "Datasets to build.")
 _CONFIGS = flags.DEFINE_list("configs", [], "Configs to build (default: all of each dataset).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where built datasets go (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-_RAW_DIR = flags.DEFINE_string("raw_dir", None, f"Folder holding the downloads (default ${sources.RAW_DATA_ENV} or ../shared/data).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Where built datasets go (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
+_RAW_DIR = flags.DEFINE_string(
+  "raw_dir", None, f"Folder holding the downloads (default ${sources.RAW_DATA_ENV} or ../shared/data)."
+)
 
 
 def main(argv):

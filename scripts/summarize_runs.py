@@ -15,9 +15,38 @@ import numpy as np
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_auc")
 # Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (no scipy needed).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+_T975 = [
+  12.706,
+  4.303,
+  3.182,
+  2.776,
+  2.571,
+  2.447,
+  2.365,
+  2.306,
+  2.262,
+  2.228,
+  2.201,
+  2.179,
+  2.160,
+  2.145,
+  2.131,
+  2.120,
+  2.110,
+  2.101,
+  2.093,
+  2.086,
+  2.080,
+  2.074,
+  2.069,
+  2.064,
+  2.060,
+  2.056,
+  2.052,
+  2.048,
+  2.045,
+  2.042,
+]
 
 
 def mean_ci(values):
@@ -46,8 +75,11 @@ def main(paths):
       cells.append(f"{mean:.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}"))
     epochs = np.mean([run["best_epoch"] + 1 for run in group])
     seconds = np.mean([run["seconds"] for run in group])
-    print(f"| {dataset} | {model} | {n_per_class or 'all'} | {len(group)} | " + " | ".join(cells)
-          + f" | {epochs:.1f} | {seconds:.0f} |")
+    print(
+      f"| {dataset} | {model} | {n_per_class or 'all'} | {len(group)} | "
+      + " | ".join(cells)
+      + f" | {epochs:.1f} | {seconds:.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.01), "swish": nn.SiLU,
-                "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU, "sigmoid": nn.Sigmoid,
-                "identity": nn.Identity, "linear": nn.Identity}
+_ACTIVATIONS = {
+  "relu": nn.ReLU,
+  "tanh": nn.Tanh,
+  "leaky_relu": lambda: nn.LeakyReLU(0.01),
+  "swish": nn.SiLU,
+  "silu": nn.SiLU,
+  "gelu": nn.GELU,
+  "elu": nn.ELU,
+  "sigmoid": nn.Sigmoid,
+  "identity": nn.Identity,
+  "linear": nn.Identity,
+}
 BN_MOMENTUM = 0.1  # = the JAX models' 0.9
 BN_EPSILON = 1e-5
 
@@ -99,13 +108,19 @@ class BasicBlock(nn.Module):
 
 class BottleneckBlock(BasicBlock):
   """v1.5: the stride sits on the 3x3 conv."""
+
   expansion = 4
 
   def __init__(self, cin, features, stride, act):
     nn.Module.__init__(self)
     out = features * self.expansion
-    self.branch = nn.Sequential(*_conv_bn(cin, features, 1, 1), act(), *_conv_bn(features, features, 3, stride),
-                                act(), *_conv_bn(features, out, 1, 1))
+    self.branch = nn.Sequential(
+      *_conv_bn(cin, features, 1, 1),
+      act(),
+      *_conv_bn(features, features, 3, stride),
+      act(),
+      *_conv_bn(features, out, 1, 1),
+    )
     self.shortcut = nn.Sequential(*_conv_bn(cin, out, 1, stride)) if stride != 1 or cin != out else nn.Identity()
     self.act = act()
 

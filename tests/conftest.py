@@ -25,10 +25,20 @@ from vaeaug.data import sources
 
 # Face Mask Detection: photos with mask_weared_incorrect faces, and photos with several faces.
 DETECTION_PHOTOS = (
-    "maksssksksss130", "maksssksksss145", "maksssksksss173", "maksssksksss2", "maksssksksss250",
-    "maksssksksss276", "maksssksksss29", "maksssksksss307",
-    "maksssksksss0", "maksssksksss108", "maksssksksss113", "maksssksksss114", "maksssksksss126",
-    "maksssksksss153",
+  "maksssksksss130",
+  "maksssksksss145",
+  "maksssksksss173",
+  "maksssksksss2",
+  "maksssksksss250",
+  "maksssksksss276",
+  "maksssksksss29",
+  "maksssksksss307",
+  "maksssksksss0",
+  "maksssksksss108",
+  "maksssksksss113",
+  "maksssksksss114",
+  "maksssksksss126",
+  "maksssksksss153",
 )
 
 # Face Mask 12K (paths under "Face Mask Dataset/"): every file of sources 104 and 106 (4 Train,
@@ -43,14 +53,24 @@ K12_SPLIT_FOLDERS = {"Train": "train", "Validation": "validation", "Test": "test
 # Observations: a photo with its three mirrored/re-encoded augmented copies; two masked/unmasked
 # pairs; a masked/unmasked pair with a mirrored copy; a without_mask mirror pair; singletons.
 OBSERVATIONS_FILES = (
-    "with_mask/0-with-mask.jpg", "with_mask/augmented_image_238.jpg",
-    "with_mask/augmented_image_239.jpg", "with_mask/augmented_image_240.jpg",
-    "with_mask/100-with-mask.jpg", "without_mask/100.jpg",
-    "with_mask/101-with-mask.jpg", "without_mask/101.jpg",
-    "with_mask/122-with-mask.jpg", "with_mask/augmented_image_75.jpg", "without_mask/122.jpg",
-    "without_mask/130.jpg", "without_mask/augmented_image_33.jpg",
-    "with_mask/1-with-mask.jpg", "with_mask/103-with-mask.jpg", "with_mask/11-with-mask.jpg",
-    "without_mask/augmented_image_296.jpg", "without_mask/augmented_image_299.jpg",
+  "with_mask/0-with-mask.jpg",
+  "with_mask/augmented_image_238.jpg",
+  "with_mask/augmented_image_239.jpg",
+  "with_mask/augmented_image_240.jpg",
+  "with_mask/100-with-mask.jpg",
+  "without_mask/100.jpg",
+  "with_mask/101-with-mask.jpg",
+  "without_mask/101.jpg",
+  "with_mask/122-with-mask.jpg",
+  "with_mask/augmented_image_75.jpg",
+  "without_mask/122.jpg",
+  "without_mask/130.jpg",
+  "without_mask/augmented_image_33.jpg",
+  "with_mask/1-with-mask.jpg",
+  "with_mask/103-with-mask.jpg",
+  "with_mask/11-with-mask.jpg",
+  "without_mask/augmented_image_296.jpg",
+  "without_mask/augmented_image_299.jpg",
 )
 OBSERVATIONS_MIRROR_PAIR = ("without_mask/130.jpg", "without_mask/augmented_image_33.jpg")
 OBSERVATIONS_MASKED_PAIR = ("with_mask/100-with-mask.jpg", "without_mask/100.jpg")
@@ -60,84 +80,84 @@ OBSERVATIONS_MASKED_PAIR = ("with_mask/100-with-mask.jpg", "without_mask/100.jpg
 
 
 def copy_files(src_root: Path, dst_root: Path, relative_paths: Iterable[str]) -> list[str]:
-    """Copy files (relative paths) from src_root to dst_root, keeping the layout."""
-    copied = []
-    for rel in relative_paths:
-        target = dst_root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src_root / rel, target)
-        copied.append(rel)
-    return copied
+  """Copy files (relative paths) from src_root to dst_root, keeping the layout."""
+  copied = []
+  for rel in relative_paths:
+    target = dst_root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src_root / rel, target)
+    copied.append(rel)
+  return copied
 
 
 def k12_sample_files(raw_root: Path) -> list[str]:
-    """Paths (relative to face-mask-12k/) of the 12K sample."""
-    base = raw_root / sources.RAW_FOLDERS["face_mask12k"] / K12_ROOT
-    files = []
-    for n in K12_AUGMENTED_SOURCES:
-        files += sorted(p.relative_to(base).as_posix() for p in base.glob(f"*/WithMask/Augmented_{n}_*"))
-    files += list(K12_DUPLICATE_PAIR)
-    for folder in K12_SPLIT_FOLDERS:
-        names = sorted(p.name for p in (base / folder / "WithoutMask").iterdir())
-        files += [f"{folder}/WithoutMask/{name}" for name in names[:K12_WITHOUT_MASK_PER_SPLIT]]
-    return [f"{K12_ROOT}/{f}" for f in files]
+  """Paths (relative to face-mask-12k/) of the 12K sample."""
+  base = raw_root / sources.RAW_FOLDERS["face_mask12k"] / K12_ROOT
+  files = []
+  for n in K12_AUGMENTED_SOURCES:
+    files += sorted(p.relative_to(base).as_posix() for p in base.glob(f"*/WithMask/Augmented_{n}_*"))
+  files += list(K12_DUPLICATE_PAIR)
+  for folder in K12_SPLIT_FOLDERS:
+    names = sorted(p.name for p in (base / folder / "WithoutMask").iterdir())
+    files += [f"{folder}/WithoutMask/{name}" for name in names[:K12_WITHOUT_MASK_PER_SPLIT]]
+  return [f"{K12_ROOT}/{f}" for f in files]
 
 
 def read_built(dataset: str, config: str, data_dir: Path) -> list[dict]:
-    """Every example of a built dataset as a dict (bytes decoded to str), with its "split"."""
-    import tensorflow_datasets as tfds
+  """Every example of a built dataset as a dict (bytes decoded to str), with its "split"."""
+  import tensorflow_datasets as tfds
 
-    source = tfds.data_source(f"{dataset}/{config}", data_dir=str(data_dir), download=False)
-    rows = []
-    for split in ("train", "validation", "test"):
-        if split not in source:
-            continue
-        data = source[split]
-        for index in range(len(data)):
-            row = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in data[index].items()}
-            row["split"] = split
-            rows.append(row)
-    return rows
+  source = tfds.data_source(f"{dataset}/{config}", data_dir=str(data_dir), download=False)
+  rows = []
+  for split in ("train", "validation", "test"):
+    if split not in source:
+      continue
+    data = source[split]
+    for index in range(len(data)):
+      row = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in data[index].items()}
+      row["split"] = split
+      rows.append(row)
+  return rows
 
 
 def by_file(rows: Sequence[dict]) -> dict[str, dict]:
-    out = {}
-    for row in rows:
-        key = row["file"] if "face_index" not in row else f"{row['file']}#{int(row['face_index'])}"
-        assert key not in out, f"duplicate example {key}"
-        out[key] = row
-    return out
+  out = {}
+  for row in rows:
+    key = row["file"] if "face_index" not in row else f"{row['file']}#{int(row['face_index'])}"
+    assert key not in out, f"duplicate example {key}"
+    out[key] = row
+  return out
 
 
 def smooth_image(seed: int, size: int = 56, grid: int = 7) -> np.ndarray:
-    """A structured random RGB image: low-resolution noise upsampled (a smooth 'face')."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (grid, grid, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+  """A structured random RGB image: low-resolution noise upsampled (a smooth 'face')."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, (grid, grid, 3), dtype=np.uint8)
+  return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
 
 
 def encode(image: np.ndarray | Image.Image, fmt: str, **kwargs) -> bytes:
-    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
+  im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+  buf = io.BytesIO()
+  im.save(buf, format=fmt, **kwargs)
+  return buf.getvalue()
 
 
 def voc_objects(xml_path: Path) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """(name, box) of every <object> of a trusted (shipped) annotation file."""
-    root = ET.parse(xml_path).getroot()
-    out = []
-    for obj in root.findall("object"):
-        box = tuple(float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        out.append((obj.findtext("name").strip(), box))
-    return out
+  """(name, box) of every <object> of a trusted (shipped) annotation file."""
+  root = ET.parse(xml_path).getroot()
+  out = []
+  for obj in root.findall("object"):
+    box = tuple(float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    out.append((obj.findtext("name").strip(), box))
+  return out
 
 
 def class_counts(rows: Sequence[dict], class_names: Sequence[str]) -> dict[str, dict[str, int]]:
-    counts = {s: collections.Counter() for s in ("train", "validation", "test")}
-    for row in rows:
-        counts[row["split"]][class_names[int(row["label"])]] += 1
-    return {s: {name: c.get(name, 0) for name in class_names} for s, c in counts.items()}
+  counts = {s: collections.Counter() for s in ("train", "validation", "test")}
+  for row in rows:
+    counts[row["split"]][class_names[int(row["label"])]] += 1
+  return {s: {name: c.get(name, 0) for name in class_names} for s, c in counts.items()}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -145,70 +165,74 @@ def class_counts(rows: Sequence[dict], class_names: Sequence[str]) -> dict[str, 
 
 @pytest.fixture(scope="session")
 def real_raw_root() -> Path:
-    root = sources.default_raw_root()
-    if root is None or not all((root / folder).is_dir() for folder in sources.RAW_FOLDERS.values()):
-        pytest.skip("real face-mask data not found (expected ../shared/data beside the checkout or "
-                    f"${sources.RAW_DATA_ENV}; folders {sorted(sources.RAW_FOLDERS.values())})")
-    return root
+  root = sources.default_raw_root()
+  if root is None or not all((root / folder).is_dir() for folder in sources.RAW_FOLDERS.values()):
+    pytest.skip(
+      "real face-mask data not found (expected ../shared/data beside the checkout or "
+      f"${sources.RAW_DATA_ENV}; folders {sorted(sources.RAW_FOLDERS.values())})"
+    )
+  return root
 
 
 def _sample_raw(real_raw_root: Path, dst_raw: Path, dataset: str, files: Iterable[str]) -> Path:
-    folder = sources.RAW_FOLDERS[dataset]
-    copy_files(real_raw_root / folder, dst_raw / folder, files)
-    return dst_raw
+  folder = sources.RAW_FOLDERS[dataset]
+  copy_files(real_raw_root / folder, dst_raw / folder, files)
+  return dst_raw
 
 
 def detection_files(photos: Iterable[str] = DETECTION_PHOTOS) -> list[str]:
-    return [f for stem in photos for f in (f"images/{stem}.jpg", f"annotations/{stem}.xml")]
+  return [f for stem in photos for f in (f"images/{stem}.jpg", f"annotations/{stem}.xml")]
 
 
 @pytest.fixture(scope="session")
 def detection_sample(real_raw_root, tmp_path_factory) -> Path:
-    """raw root holding face-mask-detection/ with the DETECTION_PHOTOS sample."""
-    return _sample_raw(real_raw_root, tmp_path_factory.mktemp("raw_detection"), "face_mask_detection",
-                       detection_files())
+  """raw root holding face-mask-detection/ with the DETECTION_PHOTOS sample."""
+  return _sample_raw(real_raw_root, tmp_path_factory.mktemp("raw_detection"), "face_mask_detection", detection_files())
 
 
 @pytest.fixture(scope="session")
 def k12_sample(real_raw_root, tmp_path_factory) -> Path:
-    return _sample_raw(real_raw_root, tmp_path_factory.mktemp("raw_12k"), "face_mask12k",
-                       k12_sample_files(real_raw_root))
+  return _sample_raw(real_raw_root, tmp_path_factory.mktemp("raw_12k"), "face_mask12k", k12_sample_files(real_raw_root))
 
 
 @pytest.fixture(scope="session")
 def observations_sample(real_raw_root, tmp_path_factory) -> Path:
-    return _sample_raw(real_raw_root, tmp_path_factory.mktemp("raw_observations"),
-                       "face_mask_observations", OBSERVATIONS_FILES)
+  return _sample_raw(
+    real_raw_root, tmp_path_factory.mktemp("raw_observations"), "face_mask_observations", OBSERVATIONS_FILES
+  )
 
 
 class Built:
-    """A sample built into its own data_dir: the report and the examples read back."""
+  """A sample built into its own data_dir: the report and the examples read back."""
 
-    def __init__(self, dataset: str, config: str, raw_root: Path, data_dir: Path):
-        from vaeaug.data import building
+  def __init__(self, dataset: str, config: str, raw_root: Path, data_dir: Path):
+    from vaeaug.data import building
 
-        self.dataset, self.config, self.raw_root, self.data_dir = dataset, config, raw_root, data_dir
-        self.report = building.prepare(dataset, config, data_dir=data_dir, raw_root=raw_root)
-        self.rows = read_built(dataset, config, data_dir)
-        self.by_file = by_file(self.rows)
+    self.dataset, self.config, self.raw_root, self.data_dir = dataset, config, raw_root, data_dir
+    self.report = building.prepare(dataset, config, data_dir=data_dir, raw_root=raw_root)
+    self.rows = read_built(dataset, config, data_dir)
+    self.by_file = by_file(self.rows)
 
-    @property
-    def dataset_dir(self) -> Path:
-        (path,) = (self.data_dir / self.dataset / self.config).iterdir()
-        return path
+  @property
+  def dataset_dir(self) -> Path:
+    (path,) = (self.data_dir / self.dataset / self.config).iterdir()
+    return path
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, detection_sample, k12_sample, observations_sample):
-    """built(dataset, config) -> Built of the shared sample, built once per session."""
-    raw = {"face_mask_detection": detection_sample, "face_mask12k": k12_sample,
-           "face_mask_observations": observations_sample}
-    data_dir = tmp_path_factory.mktemp("tfds_samples")
-    cache: dict[tuple[str, str], Built] = {}
+  """built(dataset, config) -> Built of the shared sample, built once per session."""
+  raw = {
+    "face_mask_detection": detection_sample,
+    "face_mask12k": k12_sample,
+    "face_mask_observations": observations_sample,
+  }
+  data_dir = tmp_path_factory.mktemp("tfds_samples")
+  cache: dict[tuple[str, str], Built] = {}
 
-    def get(dataset: str, config: str) -> Built:
-        if (dataset, config) not in cache:
-            cache[dataset, config] = Built(dataset, config, raw[dataset], data_dir)
-        return cache[dataset, config]
+  def get(dataset: str, config: str) -> Built:
+    if (dataset, config) not in cache:
+      cache[dataset, config] = Built(dataset, config, raw[dataset], data_dir)
+    return cache[dataset, config]
 
-    return get
+  return get

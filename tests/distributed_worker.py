@@ -44,9 +44,14 @@ def main(process_id: int, num_processes: int, port: int, workdir: str, out: str)
     probabilities = train.predict_probabilities(predict, state, validation, 16, mesh)
     return {"loss": train.weighted_log_loss(validation.labels, probabilities, np.ones(2))}
 
-  loop_config = loop.LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                log_every_steps=config.log_every_steps,
-                                checkpoint_every_steps=config.checkpoint_every_steps, progress=False)
+  loop_config = loop.LoopConfig(
+    epochs=config.epochs,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    log_every_steps=config.log_every_steps,
+    checkpoint_every_steps=config.checkpoint_every_steps,
+    progress=False,
+  )
   result = loop.fit(state, make_step(config), evaluate, train_data, loop_config, workdir, mesh=mesh)
   leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves((result.state.params, result.state.model_state))]
   np.savez(out, *leaves)

@@ -39,10 +39,14 @@ def main(spec_path: str, result_path: str) -> None:
 
     # Every skipped file in the report's examples (normally a few per problem), so the test can
     # account for each hostile file.
-    building.SkipLog.__init__.__defaults__ = (10 ** 6,)
+    building.SkipLog.__init__.__defaults__ = (10**6,)
     report = building.prepare(spec["dataset"], spec["config"], data_dir=spec["data_dir"], raw_root=spec["raw_root"])
-    result["report"] = {"total": report.total, "counts": report.counts, "skips": report.skips,
-                        "summary": report.summary()}
+    result["report"] = {
+      "total": report.total,
+      "counts": report.counts,
+      "skips": report.skips,
+      "summary": report.summary(),
+    }
   elif spec["action"] == "predict":
     from absl import flags
 
@@ -63,7 +67,6 @@ def main(spec_path: str, result_path: str) -> None:
     json.dump(result, f)
 
 
-
 def _peak_rss_bytes() -> int:
   """Peak resident memory of this process since exec. Not getrusage's ru_maxrss: Linux carries that
   over fork + exec, so a worker started by a large pytest process would report its parent's peak."""
@@ -71,6 +74,7 @@ def _peak_rss_bytes() -> int:
     if line.startswith("VmHWM:"):
       return int(line.split()[1]) * 1024  # kB
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: an upper bound
+
 
 if __name__ == "__main__":
   main(*sys.argv[1:])

@@ -21,16 +21,31 @@ REPO = Path(__file__).resolve().parents[1]
 def test_benchmark_smoke(tmp_path):
   """One tiny model, one repetition, a 4-step loop.fit: the script runs end to end and writes a
   JSON and a Markdown table with the fields the README promises (no timing is asserted)."""
-  cmd = [sys.executable, "scripts/benchmark.py", "--models=cnn_bn3", "--batch=4", "--image_size=16",
-         "--repeats=1", "--steps=1", "--warmup=1", "--pipeline_models=cnn_bn3", "--pipeline_steps=4",
-         "--profile=all", f"--out_dir={tmp_path}", "--name=smoke", "--notes=", "--json"]
+  cmd = [
+    sys.executable,
+    "scripts/benchmark.py",
+    "--models=cnn_bn3",
+    "--batch=4",
+    "--image_size=16",
+    "--repeats=1",
+    "--steps=1",
+    "--warmup=1",
+    "--pipeline_models=cnn_bn3",
+    "--pipeline_steps=4",
+    "--profile=all",
+    f"--out_dir={tmp_path}",
+    "--name=smoke",
+    "--notes=",
+    "--json",
+  ]
   done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(done.stdout)
   assert json.loads((tmp_path / "smoke.json").read_text()) == result
   (row,) = result["models"]
   assert row["model"] == "cnn_bn3" and row["params"] == models.count_params(
-      nnx.eval_shape(lambda: models.create_model("cnn_bn3", 2, rngs=nnx.Rngs(0), image_size=16)))
+    nnx.eval_shape(lambda: models.create_model("cnn_bn3", 2, rngs=nnx.Rngs(0), image_size=16))
+  )
   assert row["jax_img_per_s"] > 0 and row["gflop_per_step"] > 0 and row["compile_s"] > 0
   assert 0 <= row["peak_percent"] < 100 and result["machine"]["peak_gflops"] > 0
   assert "GFLOP/s" in result["machine"]["peak_derivation"]
@@ -38,7 +53,11 @@ def test_benchmark_smoke(tmp_path):
   (pipe,) = result["pipeline"]
   assert pipe["model"] == "cnn_bn3" and 0 < pipe["data_share"] < 1
   table = (tmp_path / "smoke.md").read_text()
-  assert f"| cnn_bn3 | {row['params']:,} |" in table and "fp32 peak" in table and "Command: `python scripts/benchmark.py" in table
+  assert (
+    f"| cnn_bn3 | {row['params']:,} |" in table
+    and "fp32 peak" in table
+    and "Command: `python scripts/benchmark.py" in table
+  )
   try:
     import torch  # noqa: F401
   except ImportError:
@@ -48,14 +67,24 @@ def test_benchmark_smoke(tmp_path):
 
 
 TWIN_CASES = [
-    ("cnn96", {}), ("cnn_bn3", {}), ("cnn_lenet4", {}), ("cnn_lenet4", {"image_size": 32}),
-    ("cnn", {"conv_features": (8, 16), "global_pool": "avg", "dense_features": (32,), "dropout": 0.2}),
-    ("resnet18", {}), ("resnet50", {}), ("resnet18_small", {"num_filters": 16}), ("resnet34", {"num_filters": 8}),
-    ("resnet18", {"num_filters": 8, "num_classes": 3}),
+  ("cnn96", {}),
+  ("cnn_bn3", {}),
+  ("cnn_lenet4", {}),
+  ("cnn_lenet4", {"image_size": 32}),
+  ("cnn", {"conv_features": (8, 16), "global_pool": "avg", "dense_features": (32,), "dropout": 0.2}),
+  ("resnet18", {}),
+  ("resnet50", {}),
+  ("resnet18_small", {"num_filters": 16}),
+  ("resnet34", {"num_filters": 8}),
+  ("resnet18", {"num_filters": 8, "num_classes": 3}),
 ]
 AE_CASES = [
-    ("dae", {}), ("vae", {}), ("cvae", {}), ("vae", {"likelihood": "gaussian"}),
-    ("cvae", {"upsample": "resize", "channels": (8, 16, 32)}), ("dae", {"upsample": "transpose"}),
+  ("dae", {}),
+  ("vae", {}),
+  ("cvae", {}),
+  ("vae", {"likelihood": "gaussian"}),
+  ("cvae", {"upsample": "resize", "channels": (8, 16, 32)}),
+  ("dae", {"upsample": "transpose"}),
 ]
 
 
@@ -70,6 +99,7 @@ def test_torch_classifier_twin_has_the_same_parameters(name, overrides):
   pytest.importorskip("torch")
   sys.path.insert(0, str(REPO / "scripts"))
   import torch_reference
+
   overrides = dict(overrides)
   num_classes = overrides.pop("num_classes", 2)
   model = nnx.eval_shape(lambda: models.create_model(name, num_classes, rngs=nnx.Rngs(0), **overrides))
@@ -83,8 +113,10 @@ def test_torch_autoencoder_twin_has_the_same_parameters(kind, overrides):
   pytest.importorskip("torch")
   sys.path.insert(0, str(REPO / "scripts"))
   import torch_reference
-  model = nnx.eval_shape(lambda: autoencoders.create_autoencoder(kind, image_size=64, num_classes=2, rngs=nnx.Rngs(0),
-                                                                 **overrides))
+
+  model = nnx.eval_shape(
+    lambda: autoencoders.create_autoencoder(kind, image_size=64, num_classes=2, rngs=nnx.Rngs(0), **overrides)
+  )
   twin = torch_reference.autoencoder(model)
   assert torch_reference.count_params(twin) == models.count_params(model)
   assert _sizes_equal(model, twin)

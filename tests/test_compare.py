@@ -133,14 +133,19 @@ def test_tables_pair_arms_by_seed():
 
 
 def _compare_command(workdir: Path, data_dir: str | None) -> list[str]:
-  return [sys.executable, "-m", "experiments.compare", "--config=experiments/configs/compare.py:tiny",
-          f"--workdir={workdir}", "--config.arms=('none','cvae','classic+cvae')",
-          "--config.compilation_cache_dir="] + ([f"--config.data_dir={data_dir}"] if data_dir else [])
+  return [
+    sys.executable,
+    "-m",
+    "experiments.compare",
+    "--config=experiments/configs/compare.py:tiny",
+    f"--workdir={workdir}",
+    "--config.arms=('none','cvae','classic+cvae')",
+    "--config.compilation_cache_dir=",
+  ] + ([f"--config.data_dir={data_dir}"] if data_dir else [])
 
 
 def _run(workdir: Path, data_dir: str | None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run(_compare_command(workdir, data_dir), cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(_compare_command(workdir, data_dir), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +153,7 @@ def detection_built(real_raw_root, tmp_path_factory):
   """data_dir holding face_mask_detection/2classes: the user's built copy, else built here from the
   shipped raw data (about 20 s)."""
   from vaeaug.data import building, sources
+
   try:
     sources.data_source("face_mask_detection/2classes", "train", None)
     return None
@@ -177,8 +183,13 @@ def test_tiny_sweep_end_to_end(uninterrupted):
   # One CVAE per seed, shared by the two arms that use it.
   assert sorted(line["timing"]["generator_reused"] for line in augmented) == [False, False, True, True]
   assert "[cell 6/6" in result.stderr and "n_per_class = 12" in result.stdout
-  for name in ("table.md", "table.csv", "summary.json", "figures/balanced_accuracy_vs_n.png",
-               "figures/samples_face_mask_detection-2classes_cvae.png"):
+  for name in (
+    "table.md",
+    "table.csv",
+    "summary.json",
+    "figures/balanced_accuracy_vs_n.png",
+    "figures/samples_face_mask_detection-2classes_cvae.png",
+  ):
     assert (workdir / name).stat().st_size > 0, name
   rerun = _run(workdir, data_dir)
   assert "6 already finished" in rerun.stderr and "[cell" not in rerun.stderr
@@ -187,8 +198,13 @@ def test_tiny_sweep_end_to_end(uninterrupted):
 def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):
   reference, _, data_dir = uninterrupted
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(_compare_command(workdir, data_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+  process = subprocess.Popen(
+    _compare_command(workdir, data_dir),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    start_new_session=True,
+  )
   # Kill at a random moment once the second seed's cells have written a checkpoint: mid-generator,
   # mid-classifier or between cells, wherever that lands.
   delay = random.Random(os.getpid()).uniform(0.0, 1.5)
@@ -212,10 +228,12 @@ def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):
   assert (workdir / "cells.jsonl").read_text().startswith(before)  # finished cells were not recomputed
   for name in ("table.md", "table.csv"):
     assert (workdir / name).read_text() == (reference / name).read_text(), name
+
   # Every metric of every cell, not only the aggregates, equals the uninterrupted sweep's.
   def metrics_by_key(path):
     lines = [json.loads(line) for line in (path / "cells.jsonl").read_text().splitlines()]
     return {r["key"]: (r["test"], r["validation"], r["best_epoch"], r["synthetic_counts"]) for r in lines}
+
   assert metrics_by_key(workdir) == metrics_by_key(reference)
 
 
@@ -227,8 +245,7 @@ def test_synthetic_ratio_is_chosen_on_validation_and_only_the_choice_reads_test(
   runner = sweep.Sweep(config, tmp_path, stream=open(os.devnull, "w"))
   (record,) = runner.run().values()
   arm_dir = runner.group_dir(*sweep.cells_of(config)[0].group) / "cvae"
-  validation = {r: json.loads((arm_dir / f"ratio{r:g}" / "validation_metrics.json").read_text())
-                for r in (0.5, 2.0)}
+  validation = {r: json.loads((arm_dir / f"ratio{r:g}" / "validation_metrics.json").read_text()) for r in (0.5, 2.0)}
   best = max(validation, key=lambda r: (validation[r]["best_validation_value"], -r))
   assert record["synthetic_ratio"] == best
   assert sum(record["synthetic_counts"].values()) == round(best * record["real_train_size"])

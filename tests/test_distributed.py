@@ -38,11 +38,22 @@ def test_two_processes_train_like_one(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)  # one CPU device per process
   port = free_port()
-  jobs = {f"process{i}": [str(i), "2", str(port), str(tmp_path / "shared_workdir"), str(tmp_path / f"process{i}.npz")]
-          for i in range(2)}
+  jobs = {
+    f"process{i}": [str(i), "2", str(port), str(tmp_path / "shared_workdir"), str(tmp_path / f"process{i}.npz")]
+    for i in range(2)
+  }
   jobs["single"] = ["0", "1", "0", str(tmp_path / "single_workdir"), str(tmp_path / "single.npz")]
-  procs = {name: subprocess.Popen([sys.executable, str(WORKER), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for name, args in jobs.items()}
+  procs = {
+    name: subprocess.Popen(
+      [sys.executable, str(WORKER), *args],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for name, args in jobs.items()
+  }
   outputs = {}
   try:
     for name, proc in procs.items():

@@ -33,8 +33,13 @@ def dataset(labels, class_names, size=16, seed=0) -> pipeline.ArrayDataset:
   rng = np.random.default_rng(seed)
   labels = np.asarray(labels, np.int32)
   images = rng.integers(0, 256, (len(labels), size, size, 3), dtype=np.uint8)
-  return pipeline.ArrayDataset(images=images, labels=labels, files=[f"f{i}" for i in range(len(labels))],
-                               groups=[f"g{i}" for i in range(len(labels))], class_names=class_names)
+  return pipeline.ArrayDataset(
+    images=images,
+    labels=labels,
+    files=[f"f{i}" for i in range(len(labels))],
+    groups=[f"g{i}" for i in range(len(labels))],
+    class_names=class_names,
+  )
 
 
 # ----------------------------------------------------------------------------- a training run
@@ -47,9 +52,14 @@ def squares(n: int, seed: int, size: int = 32) -> pipeline.ArrayDataset:
   images = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
   for i, label in enumerate(labels):
     r, c = rng.integers(1, 6, 2) + (0 if label == 1 else size // 2)
-    images[i, r:r + 10, c:c + 10] = rng.integers(180, 255)
-  return pipeline.ArrayDataset(images=images, labels=labels, files=[f"s{seed}/{i}" for i in range(n)],
-                               groups=[f"{seed}-{i}" for i in range(n)], class_names=CLASSES3[:2])
+    images[i, r : r + 10, c : c + 10] = rng.integers(180, 255)
+  return pipeline.ArrayDataset(
+    images=images,
+    labels=labels,
+    files=[f"s{seed}/{i}" for i in range(n)],
+    groups=[f"{seed}-{i}" for i in range(n)],
+    class_names=CLASSES3[:2],
+  )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +70,19 @@ def trained(tmp_path_factory):
   from experiments.configs import classifier
 
   config = classifier.get_config()
-  config.update(dict(image_size=32, model="cnn_bn3", epochs=2, batch_size=16, eval_batch_size=16,
-                     log_every_steps=2, figures=True, progress=False, gradcam_images=5))
+  config.update(
+    dict(
+      image_size=32,
+      model="cnn_bn3",
+      epochs=2,
+      batch_size=16,
+      eval_batch_size=16,
+      log_every_steps=2,
+      figures=True,
+      progress=False,
+      gradcam_images=5,
+    )
+  )
   workdir = tmp_path_factory.mktemp("tiny_figures")
   data = train.Data(train=squares(64, 0), validation=squares(32, 1), test=squares(24, 2))
   summary = train.train_and_evaluate(config, workdir, data=data)
@@ -105,10 +126,20 @@ def test_plot_curves(tmp_path):
   for epoch in range(3):
     for k in (1, 2):
       step = epoch * 4 + 2 * k
-      records.append({"split": "train", "step": step, "epoch": epoch, "loss": 1.0 / step, "accuracy": 0.5 + 0.1 * epoch})
-    records.append({"split": "validation", "epoch": epoch, "step": 4 * (epoch + 1), "loss": 0.9 - 0.1 * epoch,
-                    "balanced_accuracy": 0.6 + 0.1 * epoch, "roc_auc": None if epoch == 0 else 0.8,
-                    "best_epoch": min(epoch, 1)})
+      records.append(
+        {"split": "train", "step": step, "epoch": epoch, "loss": 1.0 / step, "accuracy": 0.5 + 0.1 * epoch}
+      )
+    records.append(
+      {
+        "split": "validation",
+        "epoch": epoch,
+        "step": 4 * (epoch + 1),
+        "loss": 0.9 - 0.1 * epoch,
+        "balanced_accuracy": 0.6 + 0.1 * epoch,
+        "roc_auc": None if epoch == 0 else 0.8,
+        "best_epoch": min(epoch, 1),
+      }
+    )
   path = tmp_path / "metrics.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
   check_png(figures.plot_curves(path, tmp_path / "curves.png"), min_size=(800, 300))
@@ -132,8 +163,7 @@ def test_plot_roc_binary_and_three_classes(tmp_path):
   check_png(figures.plot_roc(labels3, p3, tmp_path / "roc3.png", class_names=CLASSES3), min_size=(400, 400))
   # A class absent from the labels is left out (noted in the title); one class only: a message.
   check_png(figures.plot_roc(np.where(labels3 == 2, 0, labels3), p3, tmp_path / "roc3_absent.png"))
-  check_png(figures.plot_roc(np.zeros(10, int), rng.uniform(size=10), tmp_path / "roc_one.png"),
-            min_size=(200, 100))
+  check_png(figures.plot_roc(np.zeros(10, int), rng.uniform(size=10), tmp_path / "roc_one.png"), min_size=(200, 100))
   with pytest.raises(ValueError):
     figures.plot_roc(labels, p3[:50], tmp_path / "bad.png", class_names=CLASSES3[:2])
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import copy_files, detection_files, encode, read_built, smooth_image
+from PIL import Image
 from test_builders import LAUGHS, voc_xml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,16 +36,43 @@ MAX_RSS = 1536 << 20  # a 100000 x 100000 RGB decode would need 30 GB
 
 # Everything images.load_rgb, images.list_images, voc.parse_voc / resolve_image / clip_box and the
 # builders may report for one file. Anything else (a traceback text, a new message) fails the test.
-IMAGE_PROBLEMS = {"missing file", "not a file", "unreadable file", "zero-byte file", "not an image",
-                  "corrupt image", "truncated image", "image too large", "empty image", "too many JPEG scans",
-                  "unsupported mode"}
+IMAGE_PROBLEMS = {
+  "missing file",
+  "not a file",
+  "unreadable file",
+  "zero-byte file",
+  "not an image",
+  "corrupt image",
+  "truncated image",
+  "image too large",
+  "empty image",
+  "too many JPEG scans",
+  "unsupported mode",
+}
 LISTING_PROBLEMS = {"subfolder", "hidden file", "not an image extension", "link outside folder", "not a file"}
-XML_PROBLEMS = {"missing file", "not a file", "unreadable file", "zero-byte file", "annotation too large",
-                "unsafe XML", "malformed XML", "no <filename>", "bad <object>", "too many objects",
-                "image path outside dataset folder", "image missing", "photo annotated twice"}
+XML_PROBLEMS = {
+  "missing file",
+  "not a file",
+  "unreadable file",
+  "zero-byte file",
+  "annotation too large",
+  "unsafe XML",
+  "malformed XML",
+  "no <filename>",
+  "bad <object>",
+  "too many objects",
+  "image path outside dataset folder",
+  "image missing",
+  "photo annotated twice",
+}
 FACE_PROBLEMS = {"unknown label", "inverted box", "zero-area box", "box outside photo", "non-finite box"}
-DETECTION_PROBLEMS = (IMAGE_PROBLEMS | LISTING_PROBLEMS | XML_PROBLEMS | FACE_PROBLEMS
-                      | {"photo without annotation", "not an XML file", "class not in config: mask_weared_incorrect"})
+DETECTION_PROBLEMS = (
+  IMAGE_PROBLEMS
+  | LISTING_PROBLEMS
+  | XML_PROBLEMS
+  | FACE_PROBLEMS
+  | {"photo without annotation", "not an XML file", "class not in config: mask_weared_incorrect"}
+)
 OK = "ok"  # expected outcome: decoded and kept
 
 
@@ -60,8 +86,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_declaring(width: int, height: int, mode: int = 2, idat: bytes = b"") -> bytes:
   """A PNG whose header declares width x height (colour type `mode`), with little or no data."""
   header = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat or zlib.compress(b"\0" * 64))
-          + png_chunk(b"IEND", b""))
+  return (
+    b"\x89PNG\r\n\x1a\n"
+    + png_chunk(b"IHDR", header)
+    + png_chunk(b"IDAT", idat or zlib.compress(b"\0" * 64))
+    + png_chunk(b"IEND", b"")
+  )
 
 
 def png_bomb(side: int) -> bytes:
@@ -84,7 +114,7 @@ def jpeg_declaring(good_jpeg: bytes, width: int, height: int) -> bytes:
   for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
     at = data.find(marker)
     if at > 0:
-      data[at + 5:at + 9] = struct.pack(">HH", height, width)
+      data[at + 5 : at + 9] = struct.pack(">HH", height, width)
       return bytes(data)
   raise AssertionError("no SOF marker in the sample JPEG")
 
@@ -101,8 +131,17 @@ def gif_declaring(width: int, height: int) -> bytes:
 
 def tiff_declaring(width: int, height: int) -> bytes:
   """Little-endian TIFF, 8-bit RGB, one strip that is far too short."""
-  entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2),
-             (273, 4, 1, 8 + 2 + 12 * 9 + 4), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, 16)]
+  entries = [
+    (256, 4, 1, width),
+    (257, 4, 1, height),
+    (258, 3, 1, 8),
+    (259, 3, 1, 1),
+    (262, 3, 1, 2),
+    (273, 4, 1, 8 + 2 + 12 * 9 + 4),
+    (277, 3, 1, 3),
+    (278, 4, 1, height),
+    (279, 4, 1, 16),
+  ]
   ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
   return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0" * 16
 
@@ -118,12 +157,19 @@ def hostile_images(rng: random.Random, good_jpeg: bytes, good_png: bytes) -> dic
   decodes_or_fails = {OK} | IMAGE_PROBLEMS
   for i, ext in enumerate((".jpg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".jpeg")):
     files[f"random_{i}{ext}"] = (rng.randbytes(rng.randint(1, 4096)), {"not an image", "corrupt image"})
-  magics = {"png": b"\x89PNG\r\n\x1a\n", "jpg": b"\xff\xd8\xff", "gif": b"GIF89a", "bmp": b"BM",
-            "tif": b"II*\x00", "webp": b"RIFF\x10\x00\x00\x00WEBPVP8 "}
+  magics = {
+    "png": b"\x89PNG\r\n\x1a\n",
+    "jpg": b"\xff\xd8\xff",
+    "gif": b"GIF89a",
+    "bmp": b"BM",
+    "tif": b"II*\x00",
+    "webp": b"RIFF\x10\x00\x00\x00WEBPVP8 ",
+  }
   for ext, magic in magics.items():
-    files[f"magic_then_noise.{ext}"] = (magic + rng.randbytes(rng.randint(0, 2048)),
-                                        {"corrupt image", "truncated image", "not an image", "image too large",
-                                         "empty image"})
+    files[f"magic_then_noise.{ext}"] = (
+      magic + rng.randbytes(rng.randint(0, 2048)),
+      {"corrupt image", "truncated image", "not an image", "image too large", "empty image"},
+    )
   for i in range(8):
     source, ext = (good_jpeg, "jpg") if i < 5 else (good_png, "png")
     cut = rng.randint(1, len(source) - 3)
@@ -142,8 +188,7 @@ def hostile_images(rng: random.Random, good_jpeg: bytes, good_png: bytes) -> dic
   files["gif_named.jpeg"] = (encode(smooth_image(3, size=24), "GIF"), {OK})
   files["text_named.png"] = (b"just some text\n" * 10, {"not an image"})
   files["eps_named.jpg"] = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", {"not an image"})
-  files["svg_named.png"] = (b'<svg xmlns="http://www.w3.org/2000/svg" width="99999" height="99999"/>',
-                            {"not an image"})
+  files["svg_named.png"] = (b'<svg xmlns="http://www.w3.org/2000/svg" width="99999" height="99999"/>', {"not an image"})
   files["ico_named.bmp"] = (encode(smooth_image(4, size=16), "ICO"), {"not an image", "corrupt image"})
   files["jpeg_named.txt"] = (good_jpeg, {"not an image extension"})
   # Huge declared dimensions: refused from the header, before any pixel is decoded.
@@ -178,39 +223,56 @@ def add_special_entries(folder: Path, secret: Path) -> dict[str, set[str]]:
   return special
 
 
-def hostile_annotations(rng: random.Random, good_xml: bytes, real_photo: str, secret: Path) -> dict[str, tuple[bytes, set[str]]]:
+def hostile_annotations(
+  rng: random.Random, good_xml: bytes, real_photo: str, secret: Path
+) -> dict[str, tuple[bytes, set[str]]]:
   """{xml file name: (content, acceptable outcomes)} for annotations that are bad by themselves."""
   face = [("with_mask", (1, 1, 20, 20))]
   text = lambda s: s.encode()
   files = {
-      "laughs.xml": (text(LAUGHS), {"unsafe XML"}),
-      "external_entity.xml": (text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-                                   "<annotation><filename>&e;</filename></annotation>"), {"unsafe XML"}),
-      "external_dtd.xml": (text(f'<!DOCTYPE annotation SYSTEM "file://{secret}/canary.dtd">'
-                                + voc_xml(real_photo, face)), {"unsafe XML"}),
-      "parameter_entity.xml": (text(f'<!DOCTYPE a [<!ENTITY % p SYSTEM "file://{secret}/canary.dtd"> %p;]>'
-                                    "<annotation/>"), {"unsafe XML"}),
-      "up_to_passwd.xml": (text(voc_xml("../../../../../../../../etc/passwd", face)),
-                           {"image path outside dataset folder"}),
-      "up_to_secret.xml": (text(voc_xml("../../secret/canary.jpg", face)), {"image path outside dataset folder"}),
-      "absolute_secret.xml": (text(voc_xml(str(secret / "canary.jpg"), face)), {"image path outside dataset folder"}),
-      "backslashes.xml": (text(voc_xml("..\\..\\secret\\canary.jpg", face)), {"image path outside dataset folder"}),
-      "escape_link.xml": (text(voc_xml("escape.jpg", face)), {"image path outside dataset folder"}),
-      "nul_in_name.xml": (text(voc_xml("a&#0;b.jpg", face)), {"malformed XML", "image path outside dataset folder"}),
-      "no_filename.xml": (text(voc_xml("", face)), {"no <filename>"}),
-      "ghost.xml": (text(voc_xml("ghost.jpg", face)), {"image missing"}),
-      "hidden_photo.xml": (text(voc_xml(".hidden.jpg", face)), {"image missing"}),  # a skipped listing entry
-      "zero.xml": (b"", {"zero-byte file"}),
-      "random.xml": (rng.randbytes(3000), {"malformed XML", "unsafe XML"}),
-      "bogus_encoding.xml": (text('<?xml version="1.0" encoding="x-bogus"?>' + voc_xml(real_photo, face)),
-                             {"malformed XML"}),
-      "deep_nesting.xml": (text("<a>" * 50_000 + "</a>" * 50_000), {"malformed XML", "no <filename>"}),
-      "too_large.xml": (text(voc_xml(real_photo, face)[:-13] + "<pad>" + "x" * 1_100_000 + "</pad></annotation>"),
-                        {"annotation too large"}),
-      "nan_box.xml": (text(voc_xml(real_photo, [("with_mask", ("nan", 1, 20, 20))])), {"bad <object>"}),
-      "word_box.xml": (text(voc_xml(real_photo, [("with_mask", ("1e999", 1, "abc", 20))])), {"bad <object>"}),
-      # Thousands of identical faces in one photo: refused before the pairwise grouping (quadratic).
-      "crowd.xml": (text(voc_xml(real_photo, face * 5000)), {"too many objects"}),
+    "laughs.xml": (text(LAUGHS), {"unsafe XML"}),
+    "external_entity.xml": (
+      text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+        "<annotation><filename>&e;</filename></annotation>"
+      ),
+      {"unsafe XML"},
+    ),
+    "external_dtd.xml": (
+      text(f'<!DOCTYPE annotation SYSTEM "file://{secret}/canary.dtd">' + voc_xml(real_photo, face)),
+      {"unsafe XML"},
+    ),
+    "parameter_entity.xml": (
+      text(f'<!DOCTYPE a [<!ENTITY % p SYSTEM "file://{secret}/canary.dtd"> %p;]><annotation/>'),
+      {"unsafe XML"},
+    ),
+    "up_to_passwd.xml": (
+      text(voc_xml("../../../../../../../../etc/passwd", face)),
+      {"image path outside dataset folder"},
+    ),
+    "up_to_secret.xml": (text(voc_xml("../../secret/canary.jpg", face)), {"image path outside dataset folder"}),
+    "absolute_secret.xml": (text(voc_xml(str(secret / "canary.jpg"), face)), {"image path outside dataset folder"}),
+    "backslashes.xml": (text(voc_xml("..\\..\\secret\\canary.jpg", face)), {"image path outside dataset folder"}),
+    "escape_link.xml": (text(voc_xml("escape.jpg", face)), {"image path outside dataset folder"}),
+    "nul_in_name.xml": (text(voc_xml("a&#0;b.jpg", face)), {"malformed XML", "image path outside dataset folder"}),
+    "no_filename.xml": (text(voc_xml("", face)), {"no <filename>"}),
+    "ghost.xml": (text(voc_xml("ghost.jpg", face)), {"image missing"}),
+    "hidden_photo.xml": (text(voc_xml(".hidden.jpg", face)), {"image missing"}),  # a skipped listing entry
+    "zero.xml": (b"", {"zero-byte file"}),
+    "random.xml": (rng.randbytes(3000), {"malformed XML", "unsafe XML"}),
+    "bogus_encoding.xml": (
+      text('<?xml version="1.0" encoding="x-bogus"?>' + voc_xml(real_photo, face)),
+      {"malformed XML"},
+    ),
+    "deep_nesting.xml": (text("<a>" * 50_000 + "</a>" * 50_000), {"malformed XML", "no <filename>"}),
+    "too_large.xml": (
+      text(voc_xml(real_photo, face)[:-13] + "<pad>" + "x" * 1_100_000 + "</pad></annotation>"),
+      {"annotation too large"},
+    ),
+    "nan_box.xml": (text(voc_xml(real_photo, [("with_mask", ("nan", 1, 20, 20))])), {"bad <object>"}),
+    "word_box.xml": (text(voc_xml(real_photo, [("with_mask", ("1e999", 1, "abc", 20))])), {"bad <object>"}),
+    # Thousands of identical faces in one photo: refused before the pairwise grouping (quadratic).
+    "crowd.xml": (text(voc_xml(real_photo, face * 5000)), {"too many objects"}),
   }
   for i in range(4):
     end = good_xml.index(b"</annotation>")
@@ -228,8 +290,14 @@ def run_worker(spec: dict, tmp_path: Path, name: str) -> dict:
   scratch = tmp_path / f"{name}_tmp"  # the worker's own temporary files (allowed to be opened)
   scratch.mkdir()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(scratch))
-  proc = subprocess.run([sys.executable, str(WORKER), str(spec_path), str(result_path)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=TIMEOUT_S)
+  proc = subprocess.run(
+    [sys.executable, str(WORKER), str(spec_path), str(result_path)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+  )
   assert proc.returncode == 0, f"{name} worker failed:\n{proc.stderr[-4000:]}"
   result = json.loads(result_path.read_text())
   result["scratch"] = str(scratch.resolve())
@@ -238,8 +306,22 @@ def run_worker(spec: dict, tmp_path: Path, name: str) -> dict:
 
 
 def library_roots() -> list[str]:
-  roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(REPO), "/usr", "/lib", "/lib64", "/proc", "/sys", "/dev",
-           "/etc/ld.so.cache", "/etc/localtime", "/etc/os-release", "/etc/mime.types"}
+  roots = {
+    sys.prefix,
+    sys.base_prefix,
+    sys.exec_prefix,
+    str(REPO),
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/os-release",
+    "/etc/mime.types",
+  }
   roots |= {str(Path(p).resolve()) for p in sys.path if p}
   return sorted(roots)
 
@@ -252,8 +334,9 @@ def check_opened(result: dict, allowed: list[Path], forbidden: list[Path], name:
     for bad in forbidden:
       assert not (path.startswith(bad) or resolved.startswith(bad)), f"{name} opened {path} ({resolved})"
   roots = [str(p.resolve()) for p in allowed] + [result["scratch"]] + library_roots()
-  unexpected = [p for p in result["opened"] if not any(os.path.realpath(p).startswith(r) or p.startswith(r)
-                                                       for r in roots)]
+  unexpected = [
+    p for p in result["opened"] if not any(os.path.realpath(p).startswith(r) or p.startswith(r) for r in roots)
+  ]
   assert not unexpected, f"{name} opened files outside the dataset and the libraries: {unexpected[:10]}"
 
 
@@ -284,8 +367,11 @@ def corpus(real_raw_root, tmp_path_factory):
   (secret / "canary.jpg").write_bytes(encode(smooth_image(99, size=64), "JPEG"))
   (secret / "canary.dtd").write_text('<!ENTITY secret "canary">\n')
   k12 = real_raw_root / "face-mask-12k" / "Face Mask Dataset"
-  firsts = {(split, cls): sorted((k12 / split / cls).iterdir())[:3]
-            for split in ("Train", "Validation", "Test") for cls in ("WithMask", "WithoutMask")}
+  firsts = {
+    (split, cls): sorted((k12 / split / cls).iterdir())[:3]
+    for split in ("Train", "Validation", "Test")
+    for cls in ("WithMask", "WithoutMask")
+  }
   good_jpeg = next(p for p in firsts["Train", "WithoutMask"] if p.suffix == ".jpg").read_bytes()
   good_png = encode(np.asarray(Image.open(io.BytesIO(good_jpeg)).convert("RGB")), "PNG")
   images = hostile_images(rng, good_jpeg, good_png)
@@ -298,11 +384,13 @@ def corpus(real_raw_root, tmp_path_factory):
       (obs / cls / f"real_{path.name}").write_bytes(path.read_bytes())
   for (split, cls), paths in firsts.items():
     copy_files(k12 / split / cls, raw / "face-mask-12k" / "Face Mask Dataset" / split / cls, [p.name for p in paths])
-  folders = {"face_mask_observations": obs / "with_mask",
-             "face_mask12k": raw / "face-mask-12k" / "Face Mask Dataset" / "Train" / "WithMask"}
+  folders = {
+    "face_mask_observations": obs / "with_mask",
+    "face_mask12k": raw / "face-mask-12k" / "Face Mask Dataset" / "Train" / "WithMask",
+  }
   expected = {}
   for dataset, folder in folders.items():
-    for name, (content, outcomes) in images.items():
+    for name, (content, _) in images.items():
       (folder / name).write_bytes(content)
     special = add_special_entries(folder, secret)
     expected[dataset] = {**{name: outcomes for name, (_, outcomes) in images.items()}, **special}
@@ -329,8 +417,16 @@ def corpus(real_raw_root, tmp_path_factory):
     (det / "annotations" / name).write_bytes(content)
     det_expected[name] = outcomes
   expected["face_mask_detection"] = det_expected
-  return dict(raw=raw, secret=secret, folders=folders, expected=expected, listing=listing,
-              detection=det, photos=photos, data_dir=root / "tfds")
+  return dict(
+    raw=raw,
+    secret=secret,
+    folders=folders,
+    expected=expected,
+    listing=listing,
+    detection=det,
+    photos=photos,
+    data_dir=root / "tfds",
+  )
 
 
 # ----------------------------------------------------------------------------- builders
@@ -352,8 +448,17 @@ def test_folder_builders_count_every_hostile_file(corpus, dataset, tmp_path):
   config = FOLDER_DATASETS[dataset]
   dataset_dir = corpus["raw"] / sources.RAW_FOLDERS[dataset]
   data_dir = tmp_path / "tfds"
-  result = run_worker({"action": "build", "dataset": dataset, "config": config, "raw_root": str(corpus["raw"]),
-                       "data_dir": str(data_dir)}, tmp_path, dataset)
+  result = run_worker(
+    {
+      "action": "build",
+      "dataset": dataset,
+      "config": config,
+      "raw_root": str(corpus["raw"]),
+      "data_dir": str(data_dir),
+    },
+    tmp_path,
+    dataset,
+  )
   report = result["report"]
   rows = read_built(dataset, config, data_dir)
   kept, skipped = {row["file"] for row in rows}, skipped_files(report)
@@ -362,22 +467,31 @@ def test_folder_builders_count_every_hostile_file(corpus, dataset, tmp_path):
     outcome = one_outcome(f"{folder}/{name}", kept, skipped)
     assert outcome in outcomes, f"{folder}/{name}: {outcome}, expected one of {sorted(outcomes)}"
   # Nothing dropped silently: every entry of every class folder is an example or one counted skip.
-  entries = [p for p in dataset_dir.rglob("*") if p.parent.name in ("with_mask", "without_mask", "WithMask",
-                                                                    "WithoutMask")]
+  entries = [
+    p for p in dataset_dir.rglob("*") if p.parent.name in ("with_mask", "without_mask", "WithMask", "WithoutMask")
+  ]
   assert report["total"] == len(rows) == len(kept)
   assert len(rows) + sum(report["skips"]["counts"].values()) == len(entries)
   assert set(report["skips"]["counts"]) <= IMAGE_PROBLEMS | LISTING_PROBLEMS, report["skips"]["counts"]
   assert len(kept) >= 12  # the real files and the odd-but-valid ones
-  check_opened(result, allowed=[dataset_dir, data_dir], forbidden=[corpus["secret"], Path("/etc/passwd")],
-               name=dataset)
+  check_opened(result, allowed=[dataset_dir, data_dir], forbidden=[corpus["secret"], Path("/etc/passwd")], name=dataset)
   assert any(p.startswith(str(dataset_dir)) for p in result["opened"])  # the hook saw the reads
 
 
 def test_detection_builder_counts_every_hostile_annotation(corpus, tmp_path):
   dataset, config = "face_mask_detection", "3classes"
   data_dir = tmp_path / "tfds"
-  result = run_worker({"action": "build", "dataset": dataset, "config": config, "raw_root": str(corpus["raw"]),
-                       "data_dir": str(data_dir)}, tmp_path, dataset)
+  result = run_worker(
+    {
+      "action": "build",
+      "dataset": dataset,
+      "config": config,
+      "raw_root": str(corpus["raw"]),
+      "data_dir": str(data_dir),
+    },
+    tmp_path,
+    dataset,
+  )
   report = result["report"]
   rows = read_built(dataset, config, data_dir)
   photos_built = {row["photo"] for row in rows}
@@ -403,8 +517,9 @@ def test_detection_builder_counts_every_hostile_annotation(corpus, tmp_path):
   for name, outcomes in corpus["listing"].items():
     assert set(skipped.get(f"images/{name}", [])) & outcomes, (name, skipped.get(f"images/{name}"))
   assert "photo without annotation" not in report["skips"]["counts"]
-  check_opened(result, allowed=[corpus["detection"], data_dir], forbidden=[corpus["secret"], Path("/etc/passwd")],
-               name=dataset)
+  check_opened(
+    result, allowed=[corpus["detection"], data_dir], forbidden=[corpus["secret"], Path("/etc/passwd")], name=dataset
+  )
 
 
 # ----------------------------------------------------------------------------- predict
@@ -414,8 +529,9 @@ def test_detection_builder_counts_every_hostile_annotation(corpus, tmp_path):
 def classifier_workdir(tmp_path_factory):
   """A classifier workdir (the tiny model of tests/test_predict.py), untrained: the inputs, not
   the predictions, are under test, and saving needs no compilation."""
-  from classifiers import train
   from test_predict import CLASSES, tiny_config
+
+  from classifiers import train
   from vaeaug.training import checkpoints
 
   workdir = tmp_path_factory.mktemp("fuzz_classifier")
@@ -431,14 +547,15 @@ def classifier_workdir(tmp_path_factory):
 def test_predict_reports_every_hostile_file(corpus, classifier_workdir, tmp_path):
   folder = corpus["folders"]["face_mask_observations"]
   inputs = [str(folder), str(folder / "pipe.jpg"), str(folder / "missing.jpg")]
-  result = run_worker({"action": "predict", "checkpoint": str(classifier_workdir), "inputs": inputs}, tmp_path,
-                      "predict")
+  result = run_worker(
+    {"action": "predict", "checkpoint": str(classifier_workdir), "inputs": inputs}, tmp_path, "predict"
+  )
   assert result["status"] == 1  # some inputs failed; the others were still classified
   results = result["results"]
   entries = sorted(os.listdir(folder))
   assert len(results) == len(entries) + 2
   by_name = {}
-  for entry in results[:len(entries)]:
+  for entry in results[: len(entries)]:
     by_name[Path(entry["file"]).name] = entry
   assert sorted(by_name) == entries
   expected = corpus["expected"]["face_mask_observations"]
@@ -453,5 +570,6 @@ def test_predict_reports_every_hostile_file(corpus, classifier_workdir, tmp_path
       assert entry["label"] in ("with_mask", "without_mask") and 0.0 <= entry["probability"] <= 1.0
     assert outcome in expected.get(name, {OK}), f"{name}: {outcome}, expected one of {expected.get(name)}"
   assert [r.get("error") for r in results[-2:]] == ["not a file", "missing file"]
-  check_opened(result, allowed=[folder, classifier_workdir], forbidden=[corpus["secret"], Path("/etc/passwd")],
-               name="predict")
+  check_opened(
+    result, allowed=[folder, classifier_workdir], forbidden=[corpus["secret"], Path("/etc/passwd")], name="predict"
+  )

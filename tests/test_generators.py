@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from test_training import real_crops, tiny_config
 
 from classifiers import train as classifier_train
 from experiments import generator_eval
@@ -15,16 +16,27 @@ from experiments.configs import generator as generator_config
 from vaeaug import generators, synthesis
 from vaeaug.training import logs
 
-from test_training import real_crops, tiny_config
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_generator_config(model, **overrides):
   config = generator_config.get_config()
-  config.update(dict(model=model, image_size=16, latent_dim=8, batch_size=16, eval_batch_size=32, epochs=2,
-                     learning_rate=2e-3, log_every_steps=1, patience=None, figures=False, progress=False,
-                     kl_warmup_epochs=0.5))
+  config.update(
+    dict(
+      model=model,
+      image_size=16,
+      latent_dim=8,
+      batch_size=16,
+      eval_batch_size=32,
+      epochs=2,
+      learning_rate=2e-3,
+      log_every_steps=1,
+      patience=None,
+      figures=False,
+      progress=False,
+      kl_warmup_epochs=0.5,
+    )
+  )
   config.channels = (8, 8, 8, 8) if model == "dae" else (8, 8, 8, 8, 8)
   if model != "dae":
     config.image_size = 32  # five stride-2 convolutions
@@ -84,6 +96,7 @@ def test_generator_resume_equals_uninterrupted(data16, data32, tmp_path):
       if calls["n"] > 2:
         raise Killed
       return step_fn(state, batch, key)
+
     return real_fit(state, dying, *args, **kwargs)
 
   generators.loop.fit = fit_that_dies
@@ -130,13 +143,14 @@ def test_synthesize_cli_round_trip(trained_cvae, tmp_path, monkeypatch):
   # The CLI reloads the generator's training data through the pipeline: point it at the arrays.
   out = tmp_path / "synthetic.npz"
   code = (
-      "import sys; sys.path.insert(0, {tests!r}); import test_training, test_generators as tg;"
-      "from vaeaug import generators;"
-      "generators.load_data = lambda config: generators.Data(train=test_training.real_crops(24, 32),"
-      " validation=test_training.real_crops(8, 32, 'Validation'));"
-      "from experiments import synthesize; from absl import app;"
-      "sys.argv = ['synthesize', '--generator={gen}', '--per_class=5', '--sampler=prior', '--out={out}'];"
-      "app.run(synthesize.main)").format(tests=str(REPO / "tests"), gen=trained_cvae, out=out)
+    "import sys; sys.path.insert(0, {tests!r}); import test_training, test_generators as tg;"
+    "from vaeaug import generators;"
+    "generators.load_data = lambda config: generators.Data(train=test_training.real_crops(24, 32),"
+    " validation=test_training.real_crops(8, 32, 'Validation'));"
+    "from experiments import synthesize; from absl import app;"
+    "sys.argv = ['synthesize', '--generator={gen}', '--per_class=5', '--sampler=prior', '--out={out}'];"
+    "app.run(synthesize.main)"
+  ).format(tests=str(REPO / "tests"), gen=trained_cvae, out=out)
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "5 with_mask, 5 without_mask" in result.stdout
@@ -151,12 +165,15 @@ def test_evaluate_generator_reports_every_quality_measure(trained_cvae, data32, 
   monkeypatch.setattr(generator_eval.pipeline, "load_split", lambda *args, **kwargs: test)
   classifier_dir = tmp_path / "classifier"
   classifier_train.train_and_evaluate(
-      tiny_config(image_size=32, epochs=1), classifier_dir,
-      data=classifier_train.Data(train=data32.train, validation=data32.validation, test=test))
+    tiny_config(image_size=32, epochs=1),
+    classifier_dir,
+    data=classifier_train.Data(train=data32.train, validation=data32.validation, test=test),
+  )
   small = tiny_config(image_size=32)
   monkeypatch.setattr(generator_eval.classifier_config, "get_config", small.copy_and_resolve_references)
-  report = generator_eval.evaluate_generator(trained_cvae, classifier_dir=classifier_dir, per_class=10,
-                                             cas_epochs=1, classifier_model="cnn_bn3")
+  report = generator_eval.evaluate_generator(
+    trained_cvae, classifier_dir=classifier_dir, per_class=10, cas_epochs=1, classifier_model="cnn_bn3"
+  )
   assert report.negative_elbo > 0 and report.bits_per_dim > 0
   assert np.isfinite(report.frechet_distance) and 0 <= report.precision <= 1 and 0 <= report.recall <= 1
   assert set(report.cas) == {"accuracy", "balanced_accuracy", "roc_auc", "f1"}
@@ -173,18 +190,24 @@ def test_step_compiler_options_switch_off_ynn_fusions_with_equal_results():
   import functools
 
   from vaeaug.training.state import step_compiler_options
+
   config = tiny_generator_config("dae")
   assert config.xla_cpu_ynn_fusions is False and step_compiler_options(config) == (
-      {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {})
+    {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
+  )
   with_ynn = tiny_generator_config("dae", xla_cpu_ynn_fusions=True)
   assert step_compiler_options(with_ynn) == {}
-  batch = {"image": np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
-           "label": np.arange(16, dtype=np.int32) % 2}
+  batch = {
+    "image": np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+    "label": np.arange(16, dtype=np.int32) % 2,
+  }
   losses, texts = [], []
   for cfg in (with_ynn, config):
     state = generators.create_generator_state(cfg, 2, steps_per_epoch=10)
-    step = jax.jit(functools.partial(generators.train_step, beta=cfg.beta, warmup_steps=0,
-                                     noise=generators.noise_config(cfg)), compiler_options=step_compiler_options(cfg))
+    step = jax.jit(
+      functools.partial(generators.train_step, beta=cfg.beta, warmup_steps=0, noise=generators.noise_config(cfg)),
+      compiler_options=step_compiler_options(cfg),
+    )
     texts.append(step.lower(state, batch, jax.random.key(0)).compile().as_text())
     run = []
     for _ in range(3):

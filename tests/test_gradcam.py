@@ -35,7 +35,7 @@ def square_images(n: int, seed: int, *, size: int = SIZE):
   labels = rng.integers(0, 2, n).astype(np.int32)
   corners = rng.integers(0, size - SQUARE + 1, (n, 2))
   for i, (r, c) in enumerate(corners):
-    x[i, r:r + SQUARE, c:c + SQUARE] = GREEN if labels[i] == 1 else RED
+    x[i, r : r + SQUARE, c : c + SQUARE] = GREEN if labels[i] == 1 else RED
   return x, labels, corners
 
 
@@ -44,7 +44,7 @@ def mass_in_square(maps, corners, pad: int = 2) -> np.ndarray:
   maps = np.asarray(maps)
   out = []
   for m, (r, c) in zip(maps, corners):
-    inside = m[max(r - pad, 0):r + SQUARE + pad, max(c - pad, 0):c + SQUARE + pad].sum()
+    inside = m[max(r - pad, 0) : r + SQUARE + pad, max(c - pad, 0) : c + SQUARE + pad].sum()
     out.append(inside / m.sum() if m.sum() > 0 else 0.0)
   return np.asarray(out)
 
@@ -89,9 +89,9 @@ def quick_model(name: str, num_classes: int, seed: int = 0, **options):
 @pytest.fixture(scope="module")
 def small_models():
   return {
-      "binary": quick_model("cnn_bn3", 2, image_size=SIZE),
-      "softmax3": quick_model("cnn", 3, conv_features=(4, 8), global_pool="avg"),
-      "resnet": quick_model("resnet", 2, stage_sizes=(1, 1), num_filters=4, small_images=True),
+    "binary": quick_model("cnn_bn3", 2, image_size=SIZE),
+    "softmax3": quick_model("cnn", 3, conv_features=(4, 8), global_pool="avg"),
+    "resnet": quick_model("resnet", 2, stage_sizes=(1, 1), num_filters=4, small_images=True),
   }
 
 
@@ -160,8 +160,9 @@ def test_traceable_inside_a_callers_jit(small_models):
 
   plain, plus = both(model, x)
   np.testing.assert_allclose(np.asarray(plain), np.asarray(gradcam.grad_cam(model, x)), atol=1e-6)
-  np.testing.assert_allclose(np.asarray(plus), np.asarray(gradcam.grad_cam(model, x, np.array([0, 1]),
-                                                                           plus_plus=True)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(plus), np.asarray(gradcam.grad_cam(model, x, np.array([0, 1]), plus_plus=True)), atol=1e-6
+  )
 
 
 def test_grad_cam_plus_plus_weights_match_the_papers_closed_form():

@@ -39,17 +39,33 @@ def synthetic(n: int, seed: int):
   images = rng.integers(0, 60, (n, SIZE, SIZE, 3)).astype(np.uint8)
   for i, label in enumerate(labels):
     r, c = rng.integers(1, 6, 2) + (0 if label == 1 else 16)
-    images[i, r:r + 10, c:c + 10] = rng.integers(180, 255)
-  return pipeline.ArrayDataset(images=images, labels=labels, files=[f"synthetic/{seed}/{i}" for i in range(n)],
-                               groups=[f"{seed}-{i}" for i in range(n)], class_names=CLASSES)
+    images[i, r : r + 10, c : c + 10] = rng.integers(180, 255)
+  return pipeline.ArrayDataset(
+    images=images,
+    labels=labels,
+    files=[f"synthetic/{seed}/{i}" for i in range(n)],
+    groups=[f"{seed}-{i}" for i in range(n)],
+    class_names=CLASSES,
+  )
 
 
 def tiny_config(**overrides):
   from experiments.configs import classifier
 
   config = classifier.get_config()
-  config.update(dict(image_size=SIZE, model="cnn_bn3", epochs=2, batch_size=16, eval_batch_size=16,
-                     log_every_steps=2, figures=False, progress=False, gradcam_images=4))
+  config.update(
+    dict(
+      image_size=SIZE,
+      model="cnn_bn3",
+      epochs=2,
+      batch_size=16,
+      eval_batch_size=16,
+      log_every_steps=2,
+      figures=False,
+      progress=False,
+      gradcam_images=4,
+    )
+  )
   config.update(overrides)
   return config
 
@@ -81,8 +97,11 @@ def inputs(tmp_path_factory, real_raw_root):
     for source in sorted((real_raw_root / K12_TEST / folder).iterdir())[:3]:
       shutil.copyfile(source, good / f"{folder}_{source.name}")
   jpeg = sorted(good.iterdir())[0].read_bytes()
-  bad = {"empty.jpg": b"", "noise.jpg": np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes(),
-         "truncated.jpg": jpeg[:len(jpeg) // 2]}
+  bad = {
+    "empty.jpg": b"",
+    "noise.jpg": np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes(),
+    "truncated.jpg": jpeg[: len(jpeg) // 2],
+  }
   for name, content in bad.items():
     (root / name).write_bytes(content)
   mixed = root / "mixed"
@@ -90,8 +109,13 @@ def inputs(tmp_path_factory, real_raw_root):
   shutil.copyfile(sorted(good.iterdir())[0], mixed / "a_good.jpg")
   shutil.copyfile(root / "noise.jpg", mixed / "b_noise.jpg")
   (mixed / "notes.txt").write_text("not an image\n")
-  return {"root": root, "good": good, "good_files": sorted(good.iterdir()), "mixed": mixed,
-          "bad": {name: root / name for name in bad}}
+  return {
+    "root": root,
+    "good": good,
+    "good_files": sorted(good.iterdir()),
+    "mixed": mixed,
+    "bad": {name: root / name for name in bad},
+  }
 
 
 BAD_PROBLEMS = {"empty.jpg": "zero-byte file", "noise.jpg": "not an image", "truncated.jpg": "truncated image"}
@@ -182,8 +206,13 @@ def test_same_probabilities_as_the_training_evaluation(predictor, run, tmp_path,
   #    decoded and resized as the datasets are.
   files = inputs["good_files"]
   images = np.stack([pipeline.resize_image(image_io.load_rgb(f), SIZE) for f in files])
-  dataset = pipeline.ArrayDataset(images=images, labels=np.zeros(len(files), np.int32), files=[str(f) for f in files],
-                                  groups=[str(f) for f in files], class_names=CLASSES)
+  dataset = pipeline.ArrayDataset(
+    images=images,
+    labels=np.zeros(len(files), np.int32),
+    files=[str(f) for f in files],
+    groups=[str(f) for f in files],
+    class_names=CLASSES,
+  )
   config = predictor.config
   eval_fn = jax.jit(lambda state, x: train.eval_step(state, x, normalization=config.normalization))
   expected = train.predict_probabilities(eval_fn, predictor.state, dataset, 4, sharding.make_mesh(1))
@@ -196,14 +225,19 @@ def test_same_probabilities_as_the_training_evaluation(predictor, run, tmp_path,
 
 def run_cli(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", "classifiers.predict", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "classifiers.predict", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 def test_cli_json_with_failures_exits_1(run, inputs):
   bad = inputs["bad"]
-  proc = run_cli(f"--checkpoint={run[0]}", f"--inputs={inputs['mixed']},{bad['empty.jpg']},{bad['truncated.jpg']}",
-                 "--json", "--batch_size=4")
+  proc = run_cli(
+    f"--checkpoint={run[0]}",
+    f"--inputs={inputs['mixed']},{bad['empty.jpg']},{bad['truncated.jpg']}",
+    "--json",
+    "--batch_size=4",
+  )
   assert proc.returncode == 1, proc.stderr
   results = json.loads(proc.stdout)  # one JSON document, nothing else on stdout
   by_file = {Path(r["file"]).name: r for r in results}
@@ -251,11 +285,18 @@ def test_command_usage_errors_exit_2(run, inputs, tmp_path, capsys):
 
 
 def test_text_format(capsys):
-  results = [{"file": "a.jpg", "label": "with_mask", "probability": 0.91234, "probabilities": {}},
-             {"file": "b.jpg", "label": None, "probability": None, "probabilities": None,
-              "error": "truncated image", "detail": "image file is truncated"},
-             {"file": "c.txt", "label": None, "probability": None, "probabilities": None,
-              "skipped": "not an image extension"}]
+  results = [
+    {"file": "a.jpg", "label": "with_mask", "probability": 0.91234, "probabilities": {}},
+    {
+      "file": "b.jpg",
+      "label": None,
+      "probability": None,
+      "probabilities": None,
+      "error": "truncated image",
+      "detail": "image file is truncated",
+    },
+    {"file": "c.txt", "label": None, "probability": None, "probabilities": None, "skipped": "not an image extension"},
+  ]
   predict.format_text(results, out=sys.stdout, err=sys.stderr)
   out, err = capsys.readouterr()
   assert out == "a.jpg  with_mask  0.9123\n"
@@ -294,8 +335,9 @@ def test_detect_and_classify(predictor, real_raw_root, tmp_path, capsys):
     assert face["label"] in CLASSES
     assert math.isclose(sum(face["probabilities"].values()), 1.0, abs_tol=1e-5)
   # The annotation drew coloured boxes: the annotated photo differs from the original.
-  assert not np.array_equal(np.asarray(Image.open(found["annotated"]).convert("RGB")),
-                            np.asarray(Image.open(inputs[0]).convert("RGB")))
+  assert not np.array_equal(
+    np.asarray(Image.open(found["annotated"]).convert("RGB")), np.asarray(Image.open(inputs[0]).convert("RGB"))
+  )
   # The text report counts the faces, zero included.
   capsys.readouterr()
   predict.format_text(results, out=sys.stdout, err=sys.stderr)

@@ -36,14 +36,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_generators import tiny_generator_config
+from test_training import fit_tiny, leaves, make_step, real_crops, tiny_config, without_timing
 
 from classifiers import train
 from vaeaug import generators
 from vaeaug.data import sources
 from vaeaug.training import checkpoints, logs, loop
-
-from test_generators import tiny_generator_config
-from test_training import fit_tiny, leaves, make_step, real_crops, tiny_config, without_timing
 
 # A failed orbax restore leaves its other concurrent reads un-awaited; they are reported at garbage
 # collection. Damaged checkpoints are what these tests make: the fixture below collects after each
@@ -63,21 +62,39 @@ KILL_SEED = 7  # picks the checkpoint and the delay of each kill (the moment its
 
 # ============================================================================ crash-resume and determinism
 
-COMMON = [f"--config.dataset={DATASET}", "--config.image_size=16", "--config.n_per_class=32", "--config.batch_size=16",
-          "--config.eval_batch_size=256", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
-          "--config.figures=False"]
+COMMON = [
+  f"--config.dataset={DATASET}",
+  "--config.image_size=16",
+  "--config.n_per_class=32",
+  "--config.batch_size=16",
+  "--config.eval_batch_size=256",
+  "--config.log_every_steps=2",
+  "--config.checkpoint_every_steps=2",
+  "--config.figures=False",
+]
 COMMANDS = {
-    # 64 training images, 4 steps an epoch: checkpoints every 2 steps and at epoch ends.
-    "classifier": dict(module="experiments.train_classifier", config="experiments/configs/classifier.py",
-                       args=["--config.model=cnn_bn3", "--config.epochs=5"], summary="test_metrics.json",
-                       wall_time=("seconds",), arrays="test_predictions.npz", steps=20,
-                       make_state=lambda config, n: train.create_train_state_for(config, n, 1)),
-    # 64 training images, 4 steps an epoch.
-    "generator": dict(module="experiments.train_generator", config="experiments/configs/generator.py",
-                      args=["--config.model=cvae", "--config.latent_dim=8", "--config.channels=(8,16)",
-                            "--config.epochs=4"], summary="generator_metrics.json",
-                      wall_time=("seconds", "train_img_per_s"), arrays=None, steps=16,
-                      make_state=lambda config, n: generators.create_generator_state(config, n, 1)),
+  # 64 training images, 4 steps an epoch: checkpoints every 2 steps and at epoch ends.
+  "classifier": dict(
+    module="experiments.train_classifier",
+    config="experiments/configs/classifier.py",
+    args=["--config.model=cnn_bn3", "--config.epochs=5"],
+    summary="test_metrics.json",
+    wall_time=("seconds",),
+    arrays="test_predictions.npz",
+    steps=20,
+    make_state=lambda config, n: train.create_train_state_for(config, n, 1),
+  ),
+  # 64 training images, 4 steps an epoch.
+  "generator": dict(
+    module="experiments.train_generator",
+    config="experiments/configs/generator.py",
+    args=["--config.model=cvae", "--config.latent_dim=8", "--config.channels=(8,16)", "--config.epochs=4"],
+    summary="generator_metrics.json",
+    wall_time=("seconds", "train_img_per_s"),
+    arrays=None,
+    steps=16,
+    make_state=lambda config, n: generators.create_generator_state(config, n, 1),
+  ),
 }
 RUN_TIMEOUT_S = 400
 
@@ -110,8 +127,20 @@ class Run:
       env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     with open(self.log, "w") as out:
       self.proc = subprocess.Popen(
-          [sys.executable, "-m", spec["module"], f"--workdir={workdir}", f"--config={spec['config']}", *COMMON,
-           *spec["args"]], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        [
+          sys.executable,
+          "-m",
+          spec["module"],
+          f"--workdir={workdir}",
+          f"--config={spec['config']}",
+          *COMMON,
+          *spec["args"],
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+      )
 
   def output(self) -> str:
     return self.log.read_text()
@@ -144,8 +173,9 @@ def restore_latest(workdir: Path, kind: str):
   state = jax.eval_shape(lambda: COMMANDS[kind]["make_state"](config, len(class_names)))
   checkpointer = checkpoints.Checkpointer(workdir / "checkpoints")
   try:
-    step, state, best, record = checkpointer.restore_latest(state, {"params": state.params,
-                                                                    "model_state": state.model_state})
+    step, state, best, record = checkpointer.restore_latest(
+      state, {"params": state.params, "model_state": state.model_state}
+    )
   finally:
     checkpointer.close()
   return step, [np.asarray(x) for x in jax.tree.leaves(state)], [np.asarray(x) for x in jax.tree.leaves(best)], record
@@ -155,18 +185,23 @@ def assert_same_run(expected: Path, got: Path, kind: str) -> None:
   """The files of two runs are equal (wall-time fields aside) and their checkpoints bitwise equal."""
   spec = COMMANDS[kind]
   assert without_timing(got / "metrics.jsonl") == without_timing(expected / "metrics.jsonl")
-  summaries = [{k: v for k, v in json.loads((w / spec["summary"]).read_text()).items() if k not in spec["wall_time"]}
-               for w in (expected, got)]
+  summaries = [
+    {k: v for k, v in json.loads((w / spec["summary"]).read_text()).items() if k not in spec["wall_time"]}
+    for w in (expected, got)
+  ]
   assert summaries[0] == summaries[1]
   if spec["arrays"]:
-    with np.load(expected / spec["arrays"], allow_pickle=False) as a, np.load(got / spec["arrays"],
-                                                                             allow_pickle=False) as b:
+    with (
+      np.load(expected / spec["arrays"], allow_pickle=False) as a,
+      np.load(got / spec["arrays"], allow_pickle=False) as b,
+    ):
       assert sorted(a.files) == sorted(b.files)
       for name in a.files:
         np.testing.assert_array_equal(a[name], b[name])
   assert step_numbers(got) == step_numbers(expected)
-  (step_a, state_a, best_a, loop_a), (step_b, state_b, best_b, loop_b) = (restore_latest(w, kind)
-                                                                          for w in (expected, got))
+  (step_a, state_a, best_a, loop_a), (step_b, state_b, best_b, loop_b) = (
+    restore_latest(w, kind) for w in (expected, got)
+  )
   assert step_a == step_b and loop_a == loop_b
   assert len(state_a) == len(state_b) and len(best_a) == len(best_b)
   for a, b in zip(state_a + best_a, state_b + best_b):
@@ -229,8 +264,10 @@ def test_killed_command_resumes_to_the_uninterrupted_result(kind, runs):
 def test_same_command_twice_gives_identical_files(runs):
   workdirs, _ = runs("classifier")
   # The wall-time field left out is there in both runs: the comparison below is not vacuous.
-  rates = [[r["img_per_s"] for r in logs.read_metrics(workdirs[name] / "metrics.jsonl") if r["split"] == "train"]
-           for name in ("reference", "again")]
+  rates = [
+    [r["img_per_s"] for r in logs.read_metrics(workdirs[name] / "metrics.jsonl") if r["split"] == "train"]
+    for name in ("reference", "again")
+  ]
   assert len(rates[0]) == len(rates[1]) > 0
   assert_same_run(workdirs["reference"], workdirs["again"], "classifier")
 
@@ -243,8 +280,9 @@ FALLBACK_CONFIG = dict(epochs=3, checkpoint_every_steps=2)
 
 @pytest.fixture(scope="module")
 def data():
-  return train.Data(train=real_crops(24, 16), validation=real_crops(8, 16, "Validation"),
-                    test=real_crops(8, 16, "Test"))
+  return train.Data(
+    train=real_crops(24, 16), validation=real_crops(8, 16, "Validation"), test=real_crops(8, 16, "Test")
+  )
 
 
 @pytest.fixture(scope="module")
@@ -269,14 +307,18 @@ def array_files(item: Path) -> list[Path]:
 
 
 DAMAGE = {
-    # name: (damage done to the latest step folder, what the warning must name)
-    "truncated metadata": (lambda step: truncate(step / "state" / "_METADATA"),
-                           ["item 'state'", "damaged JSON files: state/_METADATA"]),
-    "truncated array data": (lambda step: [truncate(p) for p in array_files(step / "best")], ["item 'best'"]),
-    "deleted array data": (lambda step: [p.unlink() for p in array_files(step / "state")], ["item 'state'"]),
-    "emptied loop record": (lambda step: (step / "loop" / "metadata").write_bytes(b""),
-                            ["item 'loop'", "empty files: loop/metadata"]),
-    "deleted item": (lambda step: shutil.rmtree(step / "best"), ["item 'best' missing"]),
+  # name: (damage done to the latest step folder, what the warning must name)
+  "truncated metadata": (
+    lambda step: truncate(step / "state" / "_METADATA"),
+    ["item 'state'", "damaged JSON files: state/_METADATA"],
+  ),
+  "truncated array data": (lambda step: [truncate(p) for p in array_files(step / "best")], ["item 'best'"]),
+  "deleted array data": (lambda step: [p.unlink() for p in array_files(step / "state")], ["item 'state'"]),
+  "emptied loop record": (
+    lambda step: (step / "loop" / "metadata").write_bytes(b""),
+    ["item 'loop'", "empty files: loop/metadata"],
+  ),
+  "deleted item": (lambda step: shutil.rmtree(step / "best"), ["item 'best' missing"]),
 }
 
 
@@ -403,8 +445,16 @@ def test_classifier_stops_on_nonfinite_loss_or_gradient(kind, data, tmp_path):
     finally:
       train.loss_and_probabilities = real_loss
 
-  step_fn = jax.jit(functools.partial(step_with_poison, num_classes=2, label_smoothing=0.0, weights=jnp.ones(2),
-                                      normalization=config.normalization, augment_config=None))
+  step_fn = jax.jit(
+    functools.partial(
+      step_with_poison,
+      num_classes=2,
+      label_smoothing=0.0,
+      weights=jnp.ones(2),
+      normalization=config.normalization,
+      augment_config=None,
+    )
+  )
   checkpoints.write_run_files(tmp_path, config, data.class_names)  # for the restore below
   with pytest.raises(loop.NonFiniteError) as error:
     fit_tiny(config, data, tmp_path, step_fn=step_fn)
@@ -426,8 +476,9 @@ def test_generator_stops_on_nonfinite_gradient(data, tmp_path):
     finally:
       generators.losses = real_losses
 
-  step_fn = jax.jit(functools.partial(step_with_poison, beta=config.beta, warmup_steps=0,
-                                      noise=generators.noise_config(config)))
+  step_fn = jax.jit(
+    functools.partial(step_with_poison, beta=config.beta, warmup_steps=0, noise=generators.noise_config(config))
+  )
   state = generators.create_generator_state(config, 2, steps_per_epoch=3)
   checkpoints.write_run_files(tmp_path, config, data.class_names)  # for the restore below
   loop_config = loop.LoopConfig(epochs=3, batch_size=16, log_every_steps=2, checkpoint_every_steps=2, progress=False)
@@ -441,8 +492,9 @@ def test_nonfinite_state_is_never_checkpointed(data, step_fn, tmp_path):
   def corrupting(state, batch, key):
     state, metrics = step_fn(state, batch, key)
     if int(state.step) == 3:  # an optimizer statistic goes NaN while every step metric stays finite
-      state = state.replace(opt_state=jax.tree.map(
-          lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state))
+      state = state.replace(
+        opt_state=jax.tree.map(lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state)
+      )
     return state, metrics
 
   with pytest.raises(loop.NonFiniteError, match=r"non-finite state at step 3 \(opt_state/.*last checkpoint: step 2"):
@@ -455,10 +507,12 @@ def test_nonfinite_state_is_never_checkpointed(data, step_fn, tmp_path):
 SCANNED = ("vaeaug", "classifiers", "experiments", "scripts")
 UNPICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 STDLIB_XML_PARSERS = {
-    "xml.etree.ElementTree": {"parse", "fromstring", "fromstringlist", "iterparse", "XML", "XMLParser", "XMLPullParser"},
-    "xml.etree.cElementTree": {"parse", "fromstring", "iterparse", "XML", "XMLParser"},
-    "xml.dom.minidom": {"parse", "parseString"}, "xml.dom.pulldom": {"parse", "parseString"},
-    "xml.sax": {"parse", "parseString", "make_parser"}, "lxml.etree": {"parse", "fromstring", "XML", "XMLParser"},
+  "xml.etree.ElementTree": {"parse", "fromstring", "fromstringlist", "iterparse", "XML", "XMLParser", "XMLPullParser"},
+  "xml.etree.cElementTree": {"parse", "fromstring", "iterparse", "XML", "XMLParser"},
+  "xml.dom.minidom": {"parse", "parseString"},
+  "xml.dom.pulldom": {"parse", "parseString"},
+  "xml.sax": {"parse", "parseString", "make_parser"},
+  "lxml.etree": {"parse", "fromstring", "XML", "XMLParser"},
 }
 
 
@@ -506,7 +560,9 @@ def unsafe_loading(source: str) -> tuple[list[str], list[str]]:
     where = f"line {node.lineno}: {name}"
     allow_pickle = _keyword(node, "allow_pickle")
     if any(k.arg == "allow_pickle" for k in node.keywords) and allow_pickle is not False:
-      findings.append(f"{where}(allow_pickle={ast.unparse(allow_pickle) if isinstance(allow_pickle, ast.AST) else allow_pickle})")
+      findings.append(
+        f"{where}(allow_pickle={ast.unparse(allow_pickle) if isinstance(allow_pickle, ast.AST) else allow_pickle})"
+      )
     if name in ("eval", "exec"):
       findings.append(where)
     elif name in ("numpy.load", "jax.numpy.load"):
@@ -521,15 +577,23 @@ def unsafe_loading(source: str) -> tuple[list[str], list[str]]:
       (safe if _keyword(node, "weights_only") is True else findings).append(where)
     elif name and name.rpartition(".")[2] in STDLIB_XML_PARSERS.get(name.rpartition(".")[0], ()):
       findings.append(where)
-    elif name and name.startswith("defusedxml.") and name.rpartition(".")[2] in ("parse", "fromstring", "iterparse",
-                                                                                   "XML", "parseString"):
-      strict = (_keyword(node, "forbid_dtd") is True and _keyword(node, "forbid_entities") is not False
-                and _keyword(node, "forbid_external") is not False)
+    elif (
+      name
+      and name.startswith("defusedxml.")
+      and name.rpartition(".")[2] in ("parse", "fromstring", "iterparse", "XML", "parseString")
+    ):
+      strict = (
+        _keyword(node, "forbid_dtd") is True
+        and _keyword(node, "forbid_entities") is not False
+        and _keyword(node, "forbid_external") is not False
+      )
       (safe if strict else findings).append(where)
   return findings, safe
 
 
-@pytest.mark.parametrize("source, finding", [
+@pytest.mark.parametrize(
+  "source, finding",
+  [
     ("import pickle\npickle.loads(b'')", "import pickle"),
     ("from joblib import load\nload('x')", "from joblib"),
     ("import numpy as np\nnp.load('x.npz')", "numpy.load"),
@@ -544,17 +608,20 @@ def unsafe_loading(source: str) -> tuple[list[str], list[str]]:
     ("from xml.dom import minidom\nminidom.parseString(data)", "xml.dom.minidom.parseString"),
     ("import defusedxml.ElementTree as D\nD.fromstring(data)", "defusedxml.ElementTree.fromstring"),
     ("import defusedxml.ElementTree as D\nD.parse(p, forbid_dtd=True, forbid_entities=False)", "defusedxml"),
-])
+  ],
+)
 def test_scanner_finds_unsafe_loading(source, finding):
   findings, _ = unsafe_loading(source)
   assert any(finding in f for f in findings), findings
 
 
 def test_scanner_accepts_safe_loading():
-  source = ("import numpy as np, yaml, torch\nimport defusedxml.ElementTree as D\n"
-            "np.load('x.npz', allow_pickle=False)\nyaml.load(t, Loader=yaml.SafeLoader)\n"
-            "torch.load('w.pt', weights_only=True)\nD.fromstring(b, forbid_dtd=True, forbid_entities=True)\n"
-            "model.eval()\nre.compile('x')\n")
+  source = (
+    "import numpy as np, yaml, torch\nimport defusedxml.ElementTree as D\n"
+    "np.load('x.npz', allow_pickle=False)\nyaml.load(t, Loader=yaml.SafeLoader)\n"
+    "torch.load('w.pt', weights_only=True)\nD.fromstring(b, forbid_dtd=True, forbid_entities=True)\n"
+    "model.eval()\nre.compile('x')\n"
+  )
   findings, safe = unsafe_loading(source)
   assert findings == [] and len(safe) == 4
 

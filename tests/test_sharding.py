@@ -12,8 +12,11 @@ def host_batches(n, log=None):
   for i in range(n):
     if log is not None:
       log.append(i)
-    yield {"image": np.full((2, 3, 3, 3), i, np.uint8), "label": np.array([i, i], np.int32),
-           "mask": np.array([True, False])}
+    yield {
+      "image": np.full((2, 3, 3, 3), i, np.uint8),
+      "label": np.array([i, i], np.int32),
+      "mask": np.array([True, False]),
+    }
 
 
 def test_prefetch_yields_every_batch_in_order_sharded():

@@ -34,33 +34,58 @@ def real_crops(per_class: int, size: int, split: str = "Train", offset: int = 0)
   images, labels, files = [], [], []
   for label, folder in enumerate(("WithMask", "WithoutMask")):
     paths = sorted((root / "face-mask-12k" / "Face Mask Dataset" / split / folder).glob("*.jpg"))
-    for path in paths[offset:offset + per_class]:
+    for path in paths[offset : offset + per_class]:
       image = np.asarray(Image.open(path).convert("RGB"))
       images.append(pipeline.resize_image(image, size))
       labels.append(label)
       files.append(str(path))
-  return pipeline.ArrayDataset(images=np.stack(images), labels=np.asarray(labels, np.int32),
-                               files=np.asarray(files), groups=np.asarray(files), class_names=CLASS_NAMES)
+  return pipeline.ArrayDataset(
+    images=np.stack(images),
+    labels=np.asarray(labels, np.int32),
+    files=np.asarray(files),
+    groups=np.asarray(files),
+    class_names=CLASS_NAMES,
+  )
 
 
 def tiny_config(**overrides):
   config = classifier_config.get_config()
-  config.update(dict(model="cnn_bn3", image_size=16, batch_size=16, eval_batch_size=32, epochs=3,
-                     learning_rate=3e-3, log_every_steps=1, patience=None, figures=False, progress=False))
+  config.update(
+    dict(
+      model="cnn_bn3",
+      image_size=16,
+      batch_size=16,
+      eval_batch_size=32,
+      epochs=3,
+      learning_rate=3e-3,
+      log_every_steps=1,
+      patience=None,
+      figures=False,
+      progress=False,
+    )
+  )
   config.update(overrides)
   return config
 
 
 @pytest.fixture(scope="module")
 def data():
-  return train.Data(train=real_crops(24, 16), validation=real_crops(8, 16, "Validation"),
-                    test=real_crops(8, 16, "Test"))
+  return train.Data(
+    train=real_crops(24, 16), validation=real_crops(8, 16, "Validation"), test=real_crops(8, 16, "Test")
+  )
 
 
 def make_step(config, num_classes=2):
-  return jax.jit(functools.partial(
-      train.train_step, num_classes=num_classes, label_smoothing=config.label_smoothing,
-      weights=jnp.ones(num_classes), normalization=config.normalization, augment_config=None))
+  return jax.jit(
+    functools.partial(
+      train.train_step,
+      num_classes=num_classes,
+      label_smoothing=config.label_smoothing,
+      weights=jnp.ones(num_classes),
+      normalization=config.normalization,
+      augment_config=None,
+    )
+  )
 
 
 def fit_tiny(config, data, workdir, step_fn=None):
@@ -73,11 +98,16 @@ def fit_tiny(config, data, workdir, step_fn=None):
     probabilities = train.predict_probabilities(predict, state, data.validation, 32, mesh)
     return {"loss": train.weighted_log_loss(data.validation.labels, probabilities, np.ones(2))}
 
-  loop_config = loop.LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                log_every_steps=config.log_every_steps,
-                                checkpoint_every_steps=config.checkpoint_every_steps,
-                                checkpoint_every_epochs=config.checkpoint_every_epochs,
-                                keep_checkpoints=config.keep_checkpoints, progress=False)
+  loop_config = loop.LoopConfig(
+    epochs=config.epochs,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    log_every_steps=config.log_every_steps,
+    checkpoint_every_steps=config.checkpoint_every_steps,
+    checkpoint_every_epochs=config.checkpoint_every_epochs,
+    keep_checkpoints=config.keep_checkpoints,
+    progress=False,
+  )
   return loop.fit(state, step_fn or make_step(config), evaluate, data.train, loop_config, workdir, mesh=mesh)
 
 
@@ -204,8 +234,9 @@ def test_fit_selects_best_epoch_by_validation_and_stops(data, tmp_path):
     snapshots.append(leaves(state))
     return {"score": next(scores)}
 
-  loop_config = loop.LoopConfig(epochs=8, batch_size=16, selection_metric="score", selection_mode="max",
-                                patience=3, progress=False)
+  loop_config = loop.LoopConfig(
+    epochs=8, batch_size=16, selection_metric="score", selection_mode="max", patience=3, progress=False
+  )
   result = loop.fit(state, make_step(config), evaluate, data.train, loop_config, tmp_path)
   assert result.best_epoch == 1 and result.stopped_early and len(result.history) == 5
   for a, b in zip(leaves(result.state), snapshots[1]):
@@ -258,8 +289,12 @@ def test_nonfinite_loss_stops_with_step_named(data, tmp_path):
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_optimizers_and_schedules_take_finite_steps(optimizer, schedule):
   params = {"w": jnp.ones(3)}
-  tx = make_optimizer(optimizer, make_schedule(schedule, 0.1, total_steps=10, warmup_steps=2),
-                      weight_decay=0.01, nesterov=optimizer == "sgd")
+  tx = make_optimizer(
+    optimizer,
+    make_schedule(schedule, 0.1, total_steps=10, warmup_steps=2),
+    weight_decay=0.01,
+    nesterov=optimizer == "sgd",
+  )
   opt_state = tx.init(params)
   for _ in range(3):
     updates, opt_state = tx.update({"w": jnp.ones(3)}, opt_state, params)
@@ -288,15 +323,18 @@ def test_class_weights_and_loss():
     train.class_weights("1,2,3", labels, 2)
   logits = jnp.zeros((2, 1))
   losses, probabilities = train.loss_and_probabilities(
-      logits, jnp.array([0, 1]), num_classes=2, label_smoothing=0.0, weights=jnp.array([1.0, 3.0]))
+    logits, jnp.array([0, 1]), num_classes=2, label_smoothing=0.0, weights=jnp.array([1.0, 3.0])
+  )
   np.testing.assert_allclose(losses, [np.log(2), 3 * np.log(2)], rtol=1e-6)
   np.testing.assert_allclose(probabilities, 0.5)
   # Label smoothing pulls a confident correct prediction's loss up.
   confident = jnp.array([[-10.0]])
-  plain, _ = train.loss_and_probabilities(confident, jnp.array([0]), num_classes=2, label_smoothing=0.0,
-                                          weights=jnp.ones(2))
-  smoothed, _ = train.loss_and_probabilities(confident, jnp.array([0]), num_classes=2, label_smoothing=0.2,
-                                             weights=jnp.ones(2))
+  plain, _ = train.loss_and_probabilities(
+    confident, jnp.array([0]), num_classes=2, label_smoothing=0.0, weights=jnp.ones(2)
+  )
+  smoothed, _ = train.loss_and_probabilities(
+    confident, jnp.array([0]), num_classes=2, label_smoothing=0.2, weights=jnp.ones(2)
+  )
   assert float(smoothed[0]) > float(plain[0]) + 0.5
 
 
@@ -323,8 +361,9 @@ def test_four_fake_devices_match_one_device(tmp_path):
   for devices in (1, 4):
     out = tmp_path / f"params{devices}.npz"
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    code = _DEVICE_RUN.format(tests=str(REPO / "tests"), workdir=str(tmp_path / f"w{devices}"), devices=devices,
-                              out=str(out))
+    code = _DEVICE_RUN.format(
+      tests=str(REPO / "tests"), workdir=str(tmp_path / f"w{devices}"), devices=devices, out=str(out)
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO, timeout=300)
     with np.load(out, allow_pickle=False) as arrays:
       results[devices] = [arrays[k] for k in sorted(arrays.files, key=lambda k: int(k.split("_")[1]))]

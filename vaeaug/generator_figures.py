@@ -47,8 +47,9 @@ def _first_per_class(dataset: pipeline.ArrayDataset, per_class: int) -> np.ndarr
   return np.concatenate([np.flatnonzero(dataset.labels == c)[:per_class] for c in range(dataset.num_classes)])
 
 
-def reconstruction_figure(model, dataset: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, path: Path,
-                          per_class: int = 6) -> Path:
+def reconstruction_figure(
+  model, dataset: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, path: Path, per_class: int = 6
+) -> Path:
   index = _first_per_class(dataset, per_class)
   images = pipeline.to_float(dataset.images[index])
   labels = jnp.asarray(dataset.labels[index]) if model.conditional else None
@@ -64,8 +65,9 @@ def reconstruction_figure(model, dataset: pipeline.ArrayDataset, noise: noise_li
   return image_grid(rows, titles, f"Validation reconstructions ({names})", path)
 
 
-def samples_figure(model, train: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, path: Path,
-                   per_class: int = 10) -> Path:
+def samples_figure(
+  model, train: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, path: Path, per_class: int = 10
+) -> Path:
   """Samples per class with the kind's natural sampler: prior (CVAE), posterior jitter (VAE),
   denoised real images (DAE)."""
   sampler = {"cvae": "prior", "vae": "posterior_jitter", "dae": "denoise"}[model.kind]
@@ -118,11 +120,12 @@ def write_generator_figures(workdir: Path, state, data, config) -> dict[str, Pat
   out = Path(workdir) / "figures"
   out.mkdir(parents=True, exist_ok=True)
   model = state.model()
-  noise = noise_lib.NoiseConfig(kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p,
-                                mask_fraction=config.noise.mask_fraction)
+  noise = noise_lib.NoiseConfig(
+    kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p, mask_fraction=config.noise.mask_fraction
+  )
   return {
-      "reconstructions": reconstruction_figure(model, data.validation, noise, out / "reconstructions.png"),
-      "samples": samples_figure(model, data.train, noise, out / "samples.png"),
-      "interpolation": interpolation_figure(model, data.validation, out / "interpolation.png"),
-      "curves": curves_figure(Path(workdir) / "metrics.jsonl", out / "curves.png"),
+    "reconstructions": reconstruction_figure(model, data.validation, noise, out / "reconstructions.png"),
+    "samples": samples_figure(model, data.train, noise, out / "samples.png"),
+    "interpolation": interpolation_figure(model, data.validation, out / "interpolation.png"),
+    "curves": curves_figure(Path(workdir) / "metrics.jsonl", out / "curves.png"),
   }

@@ -23,33 +23,57 @@ import optax
 from flax import nnx
 
 from vaeaug.data import pipeline
-from vaeaug.models import autoencoders, noise as noise_lib
+from vaeaug.models import autoencoders
+from vaeaug.models import noise as noise_lib
 from vaeaug.training import checkpoints, loop, sharding
-from vaeaug.training.state import (TrainState, create_train_state, make_optimizer, make_schedule, split_model,
-                                   step_compiler_options)
+from vaeaug.training.state import (
+  TrainState,
+  create_train_state,
+  make_optimizer,
+  make_schedule,
+  split_model,
+  step_compiler_options,
+)
 
 MODEL_OPTIONS = ("latent_dim", "channels", "upsample", "likelihood", "learned_scale")
 
 
 def noise_config(config) -> noise_lib.NoiseConfig:
-  return noise_lib.NoiseConfig(kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p,
-                               mask_fraction=config.noise.mask_fraction)
+  return noise_lib.NoiseConfig(
+    kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p, mask_fraction=config.noise.mask_fraction
+  )
 
 
 def create_model(config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
   options = {name: config[name] for name in MODEL_OPTIONS if config.get(name) is not None}
   if "channels" in options:
     options["channels"] = tuple(options["channels"])
-  return autoencoders.create_autoencoder(config.model, image_size=config.image_size, num_classes=num_classes,
-                                         rngs=rngs, dtype=config.get("compute_dtype", "float32"), **options)
+  return autoencoders.create_autoencoder(
+    config.model,
+    image_size=config.image_size,
+    num_classes=num_classes,
+    rngs=rngs,
+    dtype=config.get("compute_dtype", "float32"),
+    **options,
+  )
 
 
 def create_generator_state(config, num_classes: int, steps_per_epoch: int) -> TrainState:
   model = create_model(config, num_classes, nnx.Rngs(params=config.seed))
-  schedule = make_schedule(config.schedule, config.learning_rate, steps_per_epoch * config.epochs,
-                           warmup_steps=round(config.warmup_epochs * steps_per_epoch))
-  tx = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay, momentum=config.momentum,
-                      nesterov=config.nesterov, grad_clip_norm=config.grad_clip_norm)
+  schedule = make_schedule(
+    config.schedule,
+    config.learning_rate,
+    steps_per_epoch * config.epochs,
+    warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+  )
+  tx = make_optimizer(
+    config.optimizer,
+    schedule,
+    weight_decay=config.weight_decay,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    grad_clip_norm=config.grad_clip_norm,
+  )
   return create_train_state(model, tx)
 
 
@@ -66,13 +90,13 @@ def losses(model, images, labels, key, *, train: bool, beta, noise: noise_lib.No
     noise_key, _ = jax.random.split(key)
     noisy = noise_lib.corrupt(images, noise_key, noise)
     code, _ = model.encode(noisy, train=train)
-    nll = autoencoders.reconstruction_nll(model.decode(code, train=train), images, model.likelihood,
-                                          _log_scale(model))
+    nll = autoencoders.reconstruction_nll(model.decode(code, train=train), images, model.likelihood, _log_scale(model))
     return {"loss": nll, "nll": nll}
   mean, logvar = model.encode(images, train=train, labels=labels)
   z = autoencoders.reparameterize(mean, logvar, key)
-  nll = autoencoders.reconstruction_nll(model.decode(z, train=train, labels=labels), images, model.likelihood,
-                                        _log_scale(model))
+  nll = autoencoders.reconstruction_nll(
+    model.decode(z, train=train, labels=labels), images, model.likelihood, _log_scale(model)
+  )
   kl = autoencoders.kl_divergence(mean, logvar)
   return {"loss": nll + beta * kl, "nll": nll, "kl": kl, "negative_elbo": nll + kl}
 
@@ -109,8 +133,9 @@ def evaluate_dataset(eval_fn, state, dataset: pipeline.ArrayDataset, batch_size:
   """Means over `dataset` of the per-example terms (a fixed key per batch: deterministic)."""
   batch_size = max(mesh.devices.size, batch_size - batch_size % mesh.devices.size)
   sums, count = {}, 0
-  for index, batch in enumerate(pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False,
-                                                       remainder="pad")):
+  for index, batch in enumerate(
+    pipeline.epoch_batches(dataset, batch_size, seed=0, epoch=0, shuffle=False, remainder="pad")
+  ):
     arrays = sharding.shard_global_batch({"image": batch["image"], "label": batch["label"]}, mesh)
     key = jax.random.fold_in(jax.random.key(seed), index)
     terms = sharding.fetch(eval_fn(state, arrays["image"], arrays["label"], key))
@@ -135,8 +160,7 @@ def load_data(config) -> Data:
   """The real training split (or its `n_per_class` subsample, the same images the classifier of
   the same seed sees) and the validation split. Test is never read here."""
   train = pipeline.load_split(config.dataset, "train", data_dir=config.data_dir, image_size=config.image_size)
-  validation = pipeline.load_split(config.dataset, "validation", data_dir=config.data_dir,
-                                   image_size=config.image_size)
+  validation = pipeline.load_split(config.dataset, "validation", data_dir=config.data_dir, image_size=config.image_size)
   if config.n_per_class is not None:
     train = pipeline.subsample(train, config.n_per_class, config.seed if config.data_seed is None else config.data_seed)
   return Data(train=train, validation=validation)
@@ -157,9 +181,13 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   noise = noise_config(config)
 
   options = step_compiler_options(config)
-  step_fn = jax.jit(functools.partial(
-      train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * steps_per_epoch), noise=noise),
-      donate_argnums=0, compiler_options=options)
+  step_fn = jax.jit(
+    functools.partial(
+      train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * steps_per_epoch), noise=noise
+    ),
+    donate_argnums=0,
+    compiler_options=options,
+  )
   eval_fn = jax.jit(functools.partial(eval_step, noise=noise), compiler_options=options)
 
   def evaluate(state):
@@ -171,21 +199,31 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   validation = evaluate(result.state)
   train_rates = [r["img_per_s"] for r in _read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"]
   summary = {
-      "model": config.model, "dataset": config.dataset, "image_size": config.image_size, "seed": config.seed,
-      "n_per_class": config.n_per_class, "train_size": len(data.train), "class_names": list(data.class_names),
-      "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
-      "validation": validation,
-      # Only the VAEs bound a likelihood; a DAE's denoising loss is no ELBO.
-      "validation_bits_per_dim": (validation["negative_elbo"] / (config.image_size ** 2 * 3 * np.log(2))
-                                  if "negative_elbo" in validation else None),
-      # Median over log intervals after the first (which includes compilation).
-      "train_img_per_s": float(np.median(train_rates[1:])) if len(train_rates) > 1 else None,
-      "steps": result.steps, "seconds": round(time.perf_counter() - start, 1),
+    "model": config.model,
+    "dataset": config.dataset,
+    "image_size": config.image_size,
+    "seed": config.seed,
+    "n_per_class": config.n_per_class,
+    "train_size": len(data.train),
+    "class_names": list(data.class_names),
+    "best_epoch": result.best_epoch,
+    "epochs_run": len(result.history),
+    "stopped_early": result.stopped_early,
+    "validation": validation,
+    # Only the VAEs bound a likelihood; a DAE's denoising loss is no ELBO.
+    "validation_bits_per_dim": (
+      validation["negative_elbo"] / (config.image_size**2 * 3 * np.log(2)) if "negative_elbo" in validation else None
+    ),
+    # Median over log intervals after the first (which includes compilation).
+    "train_img_per_s": float(np.median(train_rates[1:])) if len(train_rates) > 1 else None,
+    "steps": result.steps,
+    "seconds": round(time.perf_counter() - start, 1),
   }
   if jax.process_index() == 0:
     (workdir / "generator_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     if config.figures:
       from vaeaug import generator_figures  # matplotlib only when figures are asked for
+
       generator_figures.write_generator_figures(workdir, result.state, data, config)
   return summary
 
@@ -197,7 +235,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 def restore_state(workdir: str | Path):
   """(config, train state with the best-on-validation parameters, class names) of a generator workdir."""
   return checkpoints.restore_best_state(
-      workdir, lambda config, num_classes: create_generator_state(config, num_classes, steps_per_epoch=1))
+    workdir, lambda config, num_classes: create_generator_state(config, num_classes, steps_per_epoch=1)
+  )
 
 
 def restore_generator(workdir: str | Path):

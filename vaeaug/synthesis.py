@@ -54,29 +54,51 @@ from vaeaug.data.pipeline import ArrayDataset, from_float, to_float
 from vaeaug.models.noise import NoiseConfig, corrupt
 
 __all__ = [
-    "SAMPLERS", "DiagGMM", "SyntheticFileError", "SyntheticSet", "combine", "filter_by_classifier",
-    "fit_diag_gmm", "load_synthetic", "sample_denoise", "sample_gmm", "sample_interpolation",
-    "sample_posterior_jitter", "sample_prior", "synthesize", "synthesize_filtered",
+  "SAMPLERS",
+  "DiagGMM",
+  "SyntheticFileError",
+  "SyntheticSet",
+  "combine",
+  "filter_by_classifier",
+  "fit_diag_gmm",
+  "load_synthetic",
+  "sample_denoise",
+  "sample_gmm",
+  "sample_interpolation",
+  "sample_posterior_jitter",
+  "sample_prior",
+  "synthesize",
+  "synthesize_filtered",
 ]
 
 FORMAT = "vaeaug.synthetic"
 FORMAT_VERSION = 1
 _STR_FIELDS = ("generator", "sampler", "source_file", "source_file_b")
 _INT_FIELDS = ("seed", "source_index", "source_index_b", "component")
-_PROVENANCE = ("generator", "sampler", "seed", "source_index", "source_file", "source_index_b",
-               "source_file_b", "mix", "component")
+_PROVENANCE = (
+  "generator",
+  "sampler",
+  "seed",
+  "source_index",
+  "source_file",
+  "source_index_b",
+  "source_file_b",
+  "mix",
+  "component",
+)
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return f"vaeaug {version('vaeaug')}"
-    except Exception:  # not installed (e.g. run from a source tree)
-        return "vaeaug (unknown version)"
+  try:
+    from importlib.metadata import version
+
+    return f"vaeaug {version('vaeaug')}"
+  except Exception:  # not installed (e.g. run from a source tree)
+    return "vaeaug (unknown version)"
 
 
 class SyntheticFileError(ValueError):
-    """A synthetic-set file (or its sidecar) is missing, unreadable or inconsistent."""
+  """A synthetic-set file (or its sidecar) is missing, unreadable or inconsistent."""
 
 
 # ----------------------------------------------------------------------------- SyntheticSet
@@ -84,411 +106,503 @@ class SyntheticFileError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SyntheticSet:
-    """Synthetic images (uint8 NHWC), int32 labels and per-sample provenance arrays.
+  """Synthetic images (uint8 NHWC), int32 labels and per-sample provenance arrays.
 
-    ``source_index``/``source_file``: the real training image used (-1 / "" for none);
-    ``*_b``: the interpolation partner; ``mix``: interpolation ``t`` (nan otherwise);
-    ``component``: GMM component (-1 otherwise). ``options``: sampler options (JSON-able).
+  ``source_index``/``source_file``: the real training image used (-1 / "" for none);
+  ``*_b``: the interpolation partner; ``mix``: interpolation ``t`` (nan otherwise);
+  ``component``: GMM component (-1 otherwise). ``options``: sampler options (JSON-able).
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: tuple[str, ...]
+  generator: np.ndarray
+  sampler: np.ndarray
+  seed: np.ndarray
+  source_index: np.ndarray
+  source_file: np.ndarray
+  source_index_b: np.ndarray
+  source_file_b: np.ndarray
+  mix: np.ndarray
+  component: np.ndarray
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    set_ = functools.partial(object.__setattr__, self)
+    set_("class_names", tuple(str(c) for c in self.class_names))
+    set_("images", np.asarray(self.images))
+    set_("labels", np.asarray(self.labels))
+    for name in _STR_FIELDS:  # fixed-width unicode, never object arrays (allow_pickle=False)
+      arr = np.asarray(self.__dict__[name], dtype=str)
+      set_(name, arr if arr.size else np.zeros((0,), "U1"))
+    for name in _INT_FIELDS:
+      set_(name, np.asarray(self.__dict__[name]).astype(np.int64))
+    set_("mix", np.asarray(self.mix, dtype=np.float32))
+    set_("options", dict(self.options))
+    problems = _check_arrays(self.__dict__, len(self.class_names))
+    if problems:
+      raise ValueError("invalid SyntheticSet: " + "; ".join(problems))
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+  def class_counts(self) -> dict[str, int]:
+    counts = np.bincount(self.labels, minlength=len(self.class_names))
+    return {c: int(k) for c, k in zip(self.class_names, counts)}
+
+  def _arrays(self) -> dict[str, np.ndarray]:
+    return {"images": self.images, "labels": self.labels, **{k: getattr(self, k) for k in _PROVENANCE}}
+
+  def take(self, indices) -> SyntheticSet:
+    idx = np.asarray(indices)
+    return SyntheticSet(
+      **{k: v[idx] for k, v in self._arrays().items()}, class_names=self.class_names, options=self.options
+    )
+
+  def concatenate(self, other: SyntheticSet) -> SyntheticSet:
+    if self.class_names != other.class_names:
+      raise ValueError(f"class_names differ: {self.class_names} vs {other.class_names}")
+    a, b = self._arrays(), other._arrays()
+    return SyntheticSet(
+      **{k: np.concatenate([a[k], b[k]]) for k in a}, class_names=self.class_names, options=self.options
+    )
+
+  def to_dataset(self, provenance: bool = True, name: str = "") -> ArrayDataset:
+    """As an ArrayDataset: files ``synthetic/<sampler>/<i>``; groups ``synthetic:<source_file>``
+    (``synthetic:<sampler>/<i>`` without a source), so every image made from the same real
+    image shares one marker of it (group-aware splits / leakage audits can keep them
+    together). ``provenance`` adds the provenance arrays (and ``synthetic=True``) as extras;
+    :func:`combine` joins such a dataset with a real one (``provenance=False`` for a plain
+    ``real.concatenate(...)``, which needs equal extras keys).
     """
+    i = np.arange(len(self)).astype(str)
+    files = np.char.add(np.char.add(np.char.add("synthetic/", self.sampler), "/"), i)
+    own = np.char.add(np.char.add(self.sampler, "/"), i)
+    groups = np.char.add("synthetic:", np.where(self.source_file != "", self.source_file, own))
+    extras = {}
+    if provenance:
+      extras = {"synthetic": np.ones(len(self), bool), **{k: getattr(self, k) for k in _PROVENANCE}}
+    return ArrayDataset(
+      self.images, self.labels, files, groups, self.class_names, extras=extras, name=name or "synthetic"
+    )
 
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: tuple[str, ...]
-    generator: np.ndarray
-    sampler: np.ndarray
-    seed: np.ndarray
-    source_index: np.ndarray
-    source_file: np.ndarray
-    source_index_b: np.ndarray
-    source_file_b: np.ndarray
-    mix: np.ndarray
-    component: np.ndarray
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # -- persistence ---------------------------------------------------------------
 
-    def __post_init__(self):
-        set_ = functools.partial(object.__setattr__, self)
-        set_("class_names", tuple(str(c) for c in self.class_names))
-        set_("images", np.asarray(self.images))
-        set_("labels", np.asarray(self.labels))
-        for name in _STR_FIELDS:  # fixed-width unicode, never object arrays (allow_pickle=False)
-            arr = np.asarray(self.__dict__[name], dtype=str)
-            set_(name, arr if arr.size else np.zeros((0,), "U1"))
-        for name in _INT_FIELDS:
-            set_(name, np.asarray(self.__dict__[name]).astype(np.int64))
-        set_("mix", np.asarray(self.mix, dtype=np.float32))
-        set_("options", dict(self.options))
-        problems = _check_arrays(self.__dict__, len(self.class_names))
-        if problems:
-            raise ValueError("invalid SyntheticSet: " + "; ".join(problems))
+  def metadata(self) -> dict[str, Any]:
+    def one_or_list(a):
+      u = sorted(set(a.tolist()))
+      return u[0] if len(u) == 1 else u
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
+    return {
+      "format": FORMAT,
+      "format_version": FORMAT_VERSION,
+      "created_by": _version(),
+      "class_names": list(self.class_names),
+      "num_images": len(self),
+      "image_shape": list(self.images.shape[1:]),
+      "counts": self.class_counts(),
+      "generator": one_or_list(self.generator),
+      "sampler": one_or_list(self.sampler),
+      "seed": one_or_list(self.seed),
+      "options": _jsonable(self.options),
+    }
 
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {c: int(k) for c, k in zip(self.class_names, counts)}
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"images": self.images, "labels": self.labels,
-                **{k: getattr(self, k) for k in _PROVENANCE}}
-
-    def take(self, indices) -> SyntheticSet:
-        idx = np.asarray(indices)
-        return SyntheticSet(**{k: v[idx] for k, v in self._arrays().items()},
-                            class_names=self.class_names, options=self.options)
-
-    def concatenate(self, other: SyntheticSet) -> SyntheticSet:
-        if self.class_names != other.class_names:
-            raise ValueError(f"class_names differ: {self.class_names} vs {other.class_names}")
-        a, b = self._arrays(), other._arrays()
-        return SyntheticSet(**{k: np.concatenate([a[k], b[k]]) for k in a},
-                            class_names=self.class_names, options=self.options)
-
-    def to_dataset(self, provenance: bool = True, name: str = "") -> ArrayDataset:
-        """As an ArrayDataset: files ``synthetic/<sampler>/<i>``; groups ``synthetic:<source_file>``
-        (``synthetic:<sampler>/<i>`` without a source), so every image made from the same real
-        image shares one marker of it (group-aware splits / leakage audits can keep them
-        together). ``provenance`` adds the provenance arrays (and ``synthetic=True``) as extras;
-        :func:`combine` joins such a dataset with a real one (``provenance=False`` for a plain
-        ``real.concatenate(...)``, which needs equal extras keys).
-        """
-        i = np.arange(len(self)).astype(str)
-        files = np.char.add(np.char.add(np.char.add("synthetic/", self.sampler), "/"), i)
-        own = np.char.add(np.char.add(self.sampler, "/"), i)
-        groups = np.char.add("synthetic:", np.where(self.source_file != "", self.source_file, own))
-        extras = {}
-        if provenance:
-            extras = {"synthetic": np.ones(len(self), bool),
-                      **{k: getattr(self, k) for k in _PROVENANCE}}
-        return ArrayDataset(self.images, self.labels, files, groups, self.class_names,
-                            extras=extras, name=name or "synthetic")
-
-    # -- persistence ---------------------------------------------------------------
-
-    def metadata(self) -> dict[str, Any]:
-        def one_or_list(a):
-            u = sorted(set(a.tolist()))
-            return u[0] if len(u) == 1 else u
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "created_by": _version(),
-            "class_names": list(self.class_names), "num_images": len(self),
-            "image_shape": list(self.images.shape[1:]), "counts": self.class_counts(),
-            "generator": one_or_list(self.generator), "sampler": one_or_list(self.sampler),
-            "seed": one_or_list(self.seed), "options": _jsonable(self.options),
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path`` (``.npz`` added if missing) and ``<path>.json``, each atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
-        arrays = {**self._arrays(), "class_names": np.asarray(self.class_names, dtype=str)}
-        digest = _atomic_write(path, lambda f: np.savez(f, **arrays))
-        meta = {**self.metadata(), "npz_file": path.name, "npz_sha256": digest}
-        _atomic_write(_sidecar(path), lambda f: f.write(json.dumps(meta, indent=2).encode()))
-        return path
+  def save(self, path: str | os.PathLike) -> Path:
+    """Write ``path`` (``.npz`` added if missing) and ``<path>.json``, each atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+      path = path.with_name(path.name + ".npz")
+    arrays = {**self._arrays(), "class_names": np.asarray(self.class_names, dtype=str)}
+    digest = _atomic_write(path, lambda f: np.savez(f, **arrays))
+    meta = {**self.metadata(), "npz_file": path.name, "npz_sha256": digest}
+    _atomic_write(_sidecar(path), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    return path
 
 
 def _check_arrays(d: Mapping[str, Any], num_classes: int) -> list[str]:
-    """Shape / dtype / range problems of a set of arrays (empty list when valid)."""
-    problems = []
-    images, labels = d["images"], d["labels"]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        problems.append(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    n = images.shape[0] if images.ndim else -1
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        problems.append(f"labels must be 1-D integers, got {labels.dtype} {labels.shape}")
-    elif labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        problems.append(f"labels out of range [0, {num_classes}): "
-                        f"{sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))[:10]}")
-    for k in ("labels", *_PROVENANCE):
-        a = np.asarray(d[k])
-        if a.shape != (n,):
-            problems.append(f"{k} must have shape ({n},), got {a.shape}")
-        elif a.dtype.kind == "O":
-            problems.append(f"{k} is an object array")
-    return problems
+  """Shape / dtype / range problems of a set of arrays (empty list when valid)."""
+  problems = []
+  images, labels = d["images"], d["labels"]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    problems.append(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+  n = images.shape[0] if images.ndim else -1
+  if labels.ndim != 1 or labels.dtype.kind not in "iu":
+    problems.append(f"labels must be 1-D integers, got {labels.dtype} {labels.shape}")
+  elif labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    problems.append(
+      f"labels out of range [0, {num_classes}): "
+      f"{sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))[:10]}"
+    )
+  for k in ("labels", *_PROVENANCE):
+    a = np.asarray(d[k])
+    if a.shape != (n,):
+      problems.append(f"{k} must have shape ({n},), got {a.shape}")
+    elif a.dtype.kind == "O":
+      problems.append(f"{k} is an object array")
+  return problems
 
 
 def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
+  return path.with_name(path.name + ".json")
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> str:
-    """Write via a temp file in the same directory + os.replace; returns the sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
+  """Write via a temp file in the same directory + os.replace; returns the sha256."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return digest
 
 
 def _jsonable(x: Any) -> Any:
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {"__type__": type(x).__name__, **_jsonable(dataclasses.asdict(x))}
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-    if isinstance(x, np.generic):
-        return x.item()
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return repr(x)
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return {"__type__": type(x).__name__, **_jsonable(dataclasses.asdict(x))}
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple, np.ndarray)):
+    return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+  if isinstance(x, np.generic):
+    return x.item()
+  if x is None or isinstance(x, (bool, int, float, str)):
+    return x
+  return repr(x)
 
 
 def load_synthetic(path: str | os.PathLike) -> SyntheticSet:
-    """Read a set written by :meth:`SyntheticSet.save`; raises SyntheticFileError naming the file."""
-    path = Path(path)
+  """Read a set written by :meth:`SyntheticSet.save`; raises SyntheticFileError naming the file."""
+  path = Path(path)
 
-    def fail(problem: str) -> SyntheticFileError:
-        return SyntheticFileError(f"{path}: {problem}")
+  def fail(problem: str) -> SyntheticFileError:
+    return SyntheticFileError(f"{path}: {problem}")
 
-    side = _sidecar(path)
-    if not path.is_file():
-        raise fail("file not found")
-    if not side.is_file():
-        raise fail(f"metadata sidecar {side.name} is missing")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise fail(f"unreadable sidecar {side.name}: {e}") from e
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError (object arrays), ...
-        raise fail(f"cannot read as an .npz of plain arrays ({type(e).__name__}: {e})") from e
-    missing = {"images", "labels", "class_names", *_PROVENANCE} - set(arrays)
-    if missing:
-        raise fail(f"missing arrays {sorted(missing)}")
-    class_names = tuple(arrays.pop("class_names").tolist())
-    problems = _check_arrays(arrays, len(class_names))
-    if problems:
-        raise fail("; ".join(problems))
-    if meta.get("format") != FORMAT:
-        raise fail(f"sidecar {side.name} is not a {FORMAT} sidecar")
-    if meta.get("npz_sha256") not in (None, hashlib.sha256(path.read_bytes()).hexdigest()):
-        raise fail(f"sidecar {side.name} does not match the file (sha256 differs; stale sidecar?)")
-    syn = SyntheticSet(**arrays, class_names=class_names, options=meta.get("options", {}))
-    expected = syn.metadata()
-    for key in ("class_names", "num_images", "image_shape", "counts", "generator", "sampler", "seed"):
-        if meta.get(key) != expected[key]:
-            raise fail(f"sidecar {side.name} is inconsistent: {key} is {meta.get(key)!r} "
-                       f"but the file gives {expected[key]!r}")
-    return syn
+  side = _sidecar(path)
+  if not path.is_file():
+    raise fail("file not found")
+  if not side.is_file():
+    raise fail(f"metadata sidecar {side.name} is missing")
+  try:
+    meta = json.loads(side.read_text())
+  except (OSError, ValueError) as e:
+    raise fail(f"unreadable sidecar {side.name}: {e}") from e
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError (object arrays), ...
+    raise fail(f"cannot read as an .npz of plain arrays ({type(e).__name__}: {e})") from e
+  missing = {"images", "labels", "class_names", *_PROVENANCE} - set(arrays)
+  if missing:
+    raise fail(f"missing arrays {sorted(missing)}")
+  class_names = tuple(arrays.pop("class_names").tolist())
+  problems = _check_arrays(arrays, len(class_names))
+  if problems:
+    raise fail("; ".join(problems))
+  if meta.get("format") != FORMAT:
+    raise fail(f"sidecar {side.name} is not a {FORMAT} sidecar")
+  if meta.get("npz_sha256") not in (None, hashlib.sha256(path.read_bytes()).hexdigest()):
+    raise fail(f"sidecar {side.name} does not match the file (sha256 differs; stale sidecar?)")
+  syn = SyntheticSet(**arrays, class_names=class_names, options=meta.get("options", {}))
+  expected = syn.metadata()
+  for key in ("class_names", "num_images", "image_shape", "counts", "generator", "sampler", "seed"):
+    if meta.get(key) != expected[key]:
+      raise fail(
+        f"sidecar {side.name} is inconsistent: {key} is {meta.get(key)!r} but the file gives {expected[key]!r}"
+      )
+  return syn
 
 
 # ----------------------------------------------------------------------------- jitted model calls
 
+
 # Module-level jits keyed by the (hashable) graphdef, so repeated calls do not recompile.
 @functools.partial(jax.jit, static_argnums=0)
 def _generate_jit(graphdef, state, z, labels):
-    return nnx.merge(graphdef, state).generate(z, labels=labels)
+  return nnx.merge(graphdef, state).generate(z, labels=labels)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_jit(graphdef, state, x, labels):
-    return nnx.merge(graphdef, state).encode(x, train=False, labels=labels)
+  return nnx.merge(graphdef, state).encode(x, train=False, labels=labels)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _denoise_jit(graphdef, state, x, key, noise):
-    model = nnx.merge(graphdef, state)
-    return model.reconstruct(corrupt(x, key, noise), train=False)
+  model = nnx.merge(graphdef, state)
+  return model.reconstruct(corrupt(x, key, noise), train=False)
 
 
 def _batched(fn, n: int, inputs, batch_size: int):
-    """Apply ``fn(batch, batch_index)`` over ``inputs`` (pytree of arrays with leading n)."""
-    # Batches are padded (repeating the last row) to a power of two <= batch_size, so the
-    # varying class sizes and remainders share a handful of compiled shapes.
-    bs = min(batch_size, 1 << max(n - 1, 0).bit_length())
-    outs = []
-    for b, start in enumerate(range(0, n, bs)):
-        idx = np.minimum(np.arange(start, start + bs), n - 1)
-        out = fn(jax.tree.map(lambda a: a[idx], inputs), b)
-        outs.append(jax.tree.map(lambda o: np.asarray(o)[: min(bs, n - start)], out))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+  """Apply ``fn(batch, batch_index)`` over ``inputs`` (pytree of arrays with leading n)."""
+  # Batches are padded (repeating the last row) to a power of two <= batch_size, so the
+  # varying class sizes and remainders share a handful of compiled shapes.
+  bs = min(batch_size, 1 << max(n - 1, 0).bit_length())
+  outs = []
+  for b, start in enumerate(range(0, n, bs)):
+    idx = np.minimum(np.arange(start, start + bs), n - 1)
+    out = fn(jax.tree.map(lambda a: a[idx], inputs), b)
+    outs.append(jax.tree.map(lambda o: np.asarray(o)[: min(bs, n - start)], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def _labels_for(model, labels: np.ndarray):
-    return np.asarray(labels, np.int32) if getattr(model, "conditional", False) else None
+  return np.asarray(labels, np.int32) if getattr(model, "conditional", False) else None
 
 
 def _decode(model, z: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Latents -> uint8 images, with the labels given to the model only if it is conditional."""
-    graphdef, state = nnx.split(model)
-    out = _batched(lambda b, _: _generate_jit(graphdef, state, b[0], b[1]), len(z),
-                   (np.asarray(z, np.float32), _labels_for(model, labels)), batch_size)
-    return np.asarray(from_float(out))
+  """Latents -> uint8 images, with the labels given to the model only if it is conditional."""
+  graphdef, state = nnx.split(model)
+  out = _batched(
+    lambda b, _: _generate_jit(graphdef, state, b[0], b[1]),
+    len(z),
+    (np.asarray(z, np.float32), _labels_for(model, labels)),
+    batch_size,
+  )
+  return np.asarray(from_float(out))
 
 
 def _encode(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256):
-    """uint8 images -> (mean, logvar) numpy (logvar None for a DAE)."""
-    graphdef, state = nnx.split(model)
-    return _batched(lambda b, _: _encode_jit(graphdef, state, b[0], b[1]), len(images),
-                    (to_float(np.asarray(images)), _labels_for(model, labels)), batch_size)
+  """uint8 images -> (mean, logvar) numpy (logvar None for a DAE)."""
+  graphdef, state = nnx.split(model)
+  return _batched(
+    lambda b, _: _encode_jit(graphdef, state, b[0], b[1]),
+    len(images),
+    (to_float(np.asarray(images)), _labels_for(model, labels)),
+    batch_size,
+  )
 
 
 # ----------------------------------------------------------------------------- samplers
 
 
 def _class_rng(seed: int, c: int) -> np.random.Generator:
-    return np.random.default_rng([seed, c])  # per class: adding a class leaves the others as is
+  return np.random.default_rng([seed, c])  # per class: adding a class leaves the others as is
 
 
 def _class_indices(train: ArrayDataset, c: int) -> np.ndarray:
-    idx = np.flatnonzero(train.labels == c)
-    if idx.size == 0:
-        raise ValueError(f"class {train.class_names[c]!r} has no training images to sample from")
-    return idx
+  idx = np.flatnonzero(train.labels == c)
+  if idx.size == 0:
+    raise ValueError(f"class {train.class_names[c]!r} has no training images to sample from")
+  return idx
 
 
-def _assemble(model, train, labels, z, seed, sampler, generator, options, batch_size=256,
-              images=None, **prov) -> SyntheticSet:
-    n = len(labels)
-    if images is None:
-        images = _decode(model, z, labels, batch_size)
-    src = prov.get("source_index", np.full(n, -1))
-    src_b = prov.get("source_index_b", np.full(n, -1))
-    files = lambda s: np.where(s >= 0, train.files[np.maximum(s, 0)], "") if n else []  # noqa: E731
-    return SyntheticSet(
-        images=images, labels=np.asarray(labels, np.int32), class_names=train.class_names,
-        generator=np.full(n, generator or getattr(model, "kind", "model")),
-        sampler=np.full(n, sampler), seed=np.full(n, seed), source_index=src,
-        source_file=files(src), source_index_b=src_b, source_file_b=files(src_b),
-        mix=prov.get("mix", np.full(n, np.nan)), component=prov.get("component", np.full(n, -1)),
-        options=options)
+def _assemble(
+  model, train, labels, z, seed, sampler, generator, options, batch_size=256, images=None, **prov
+) -> SyntheticSet:
+  n = len(labels)
+  if images is None:
+    images = _decode(model, z, labels, batch_size)
+  src = prov.get("source_index", np.full(n, -1))
+  src_b = prov.get("source_index_b", np.full(n, -1))
+  files = lambda s: np.where(s >= 0, train.files[np.maximum(s, 0)], "") if n else []  # noqa: E731
+  return SyntheticSet(
+    images=images,
+    labels=np.asarray(labels, np.int32),
+    class_names=train.class_names,
+    generator=np.full(n, generator or getattr(model, "kind", "model")),
+    sampler=np.full(n, sampler),
+    seed=np.full(n, seed),
+    source_index=src,
+    source_file=files(src),
+    source_index_b=src_b,
+    source_file_b=files(src_b),
+    mix=prov.get("mix", np.full(n, np.nan)),
+    component=prov.get("component", np.full(n, -1)),
+    options=options,
+  )
 
 
 def sample_prior(model, train, per_class, seed, *, temperature=1.0, generator="", batch_size=256):
-    """CVAE: ``z ~ N(0, temperature^2 I)`` decoded with label c."""
-    if not getattr(model, "conditional", False):
-        raise ValueError(
-            f"sampler 'prior' cannot make per-class images with an unconditional "
-            f"{getattr(model, 'kind', 'model')!r}: its prior carries no class. Use a conditional "
-            "model (cvae) or a posterior-based sampler (posterior_jitter, interpolation, gmm).")
-    zs = [temperature * _class_rng(seed, c).standard_normal((per_class, model.latent_dim))
-          for c in range(train.num_classes)]
-    labels = np.repeat(np.arange(train.num_classes), per_class)
-    return _assemble(model, train, labels, np.concatenate(zs), seed, "prior", generator,
-                     {"temperature": temperature}, batch_size)
+  """CVAE: ``z ~ N(0, temperature^2 I)`` decoded with label c."""
+  if not getattr(model, "conditional", False):
+    raise ValueError(
+      f"sampler 'prior' cannot make per-class images with an unconditional "
+      f"{getattr(model, 'kind', 'model')!r}: its prior carries no class. Use a conditional "
+      "model (cvae) or a posterior-based sampler (posterior_jitter, interpolation, gmm)."
+    )
+  zs = [
+    temperature * _class_rng(seed, c).standard_normal((per_class, model.latent_dim)) for c in range(train.num_classes)
+  ]
+  labels = np.repeat(np.arange(train.num_classes), per_class)
+  return _assemble(
+    model, train, labels, np.concatenate(zs), seed, "prior", generator, {"temperature": temperature}, batch_size
+  )
 
 
-def sample_posterior_jitter(model, train, per_class, seed, *, temperature=1.0, noise_scale=0.1,
-                            generator="", batch_size=256):
-    """Real image of class c -> encode -> jitter the code -> decode (see module doc for DAE)."""
-    zs, srcs = [], []
-    for c in range(train.num_classes):
-        rng, pool = _class_rng(seed, c), _class_indices(train, c)
-        src = rng.choice(pool, per_class, replace=True)
-        eps = rng.standard_normal((per_class, model.latent_dim))
-        if getattr(model, "kind", "") == "dae":
-            codes, _ = _encode(model, train.images[pool], train.labels[pool], batch_size)
-            pos = np.searchsorted(pool, src)
-            zs.append(codes[pos] + temperature * noise_scale * codes.std(0) * eps)
-        else:
-            mean, logvar = _encode(model, train.images[src], train.labels[src], batch_size)
-            zs.append(mean + temperature * np.exp(0.5 * logvar) * eps)
-        srcs.append(src)
-    src = np.concatenate(srcs)
-    return _assemble(model, train, train.labels[src], np.concatenate(zs), seed,
-                     "posterior_jitter", generator,
-                     {"temperature": temperature, "noise_scale": noise_scale}, batch_size,
-                     source_index=src)
+def sample_posterior_jitter(
+  model, train, per_class, seed, *, temperature=1.0, noise_scale=0.1, generator="", batch_size=256
+):
+  """Real image of class c -> encode -> jitter the code -> decode (see module doc for DAE)."""
+  zs, srcs = [], []
+  for c in range(train.num_classes):
+    rng, pool = _class_rng(seed, c), _class_indices(train, c)
+    src = rng.choice(pool, per_class, replace=True)
+    eps = rng.standard_normal((per_class, model.latent_dim))
+    if getattr(model, "kind", "") == "dae":
+      codes, _ = _encode(model, train.images[pool], train.labels[pool], batch_size)
+      pos = np.searchsorted(pool, src)
+      zs.append(codes[pos] + temperature * noise_scale * codes.std(0) * eps)
+    else:
+      mean, logvar = _encode(model, train.images[src], train.labels[src], batch_size)
+      zs.append(mean + temperature * np.exp(0.5 * logvar) * eps)
+    srcs.append(src)
+  src = np.concatenate(srcs)
+  return _assemble(
+    model,
+    train,
+    train.labels[src],
+    np.concatenate(zs),
+    seed,
+    "posterior_jitter",
+    generator,
+    {"temperature": temperature, "noise_scale": noise_scale},
+    batch_size,
+    source_index=src,
+  )
 
 
-def sample_interpolation(model, train, per_class, seed, *, t_range=(0.2, 0.8), generator="",
-                         batch_size=256):
-    """Two real images of class c, ``z = (1 - t) mean_a + t mean_b``."""
-    lo, hi = map(float, t_range)
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"t_range must satisfy 0 <= low <= high <= 1, got {t_range!r}")
-    a_all, b_all, t_all = [], [], []
-    for c in range(train.num_classes):
-        rng, pool = _class_rng(seed, c), _class_indices(train, c)
-        ia = rng.integers(0, len(pool), per_class)
-        # a distinct partner: shift by 1..len-1 (mod len); a single-image class pairs with itself
-        ib = (ia + rng.integers(1, max(len(pool), 2), per_class)) % len(pool)
-        a_all.append(pool[ia]); b_all.append(pool[ib])
-        t_all.append(rng.uniform(lo, hi, per_class))
-    a, b, t = map(np.concatenate, (a_all, b_all, t_all))
-    ua, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    mean, _ = _encode(model, train.images[ua], train.labels[ua], batch_size)
-    za, zb = mean[inv[: len(a)]], mean[inv[len(a):]]
-    z = (1.0 - t[:, None]) * za + t[:, None] * zb
-    return _assemble(model, train, train.labels[a], z, seed, "interpolation", generator,
-                     {"t_range": [lo, hi]}, batch_size, source_index=a, source_index_b=b, mix=t)
+def sample_interpolation(model, train, per_class, seed, *, t_range=(0.2, 0.8), generator="", batch_size=256):
+  """Two real images of class c, ``z = (1 - t) mean_a + t mean_b``."""
+  lo, hi = map(float, t_range)
+  if not 0.0 <= lo <= hi <= 1.0:
+    raise ValueError(f"t_range must satisfy 0 <= low <= high <= 1, got {t_range!r}")
+  a_all, b_all, t_all = [], [], []
+  for c in range(train.num_classes):
+    rng, pool = _class_rng(seed, c), _class_indices(train, c)
+    ia = rng.integers(0, len(pool), per_class)
+    # a distinct partner: shift by 1..len-1 (mod len); a single-image class pairs with itself
+    ib = (ia + rng.integers(1, max(len(pool), 2), per_class)) % len(pool)
+    a_all.append(pool[ia])
+    b_all.append(pool[ib])
+    t_all.append(rng.uniform(lo, hi, per_class))
+  a, b, t = map(np.concatenate, (a_all, b_all, t_all))
+  ua, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+  mean, _ = _encode(model, train.images[ua], train.labels[ua], batch_size)
+  za, zb = mean[inv[: len(a)]], mean[inv[len(a) :]]
+  z = (1.0 - t[:, None]) * za + t[:, None] * zb
+  return _assemble(
+    model,
+    train,
+    train.labels[a],
+    z,
+    seed,
+    "interpolation",
+    generator,
+    {"t_range": [lo, hi]},
+    batch_size,
+    source_index=a,
+    source_index_b=b,
+    mix=t,
+  )
 
 
-def sample_gmm(model, train, per_class, seed, *, components=5, temperature=1.0, var_floor=1e-3,
-               max_iter=200, generator="", batch_size=256):
-    """Per-class diagonal GMM on the latent means of the class's training images."""
-    zs, comps = [], []
-    for c in range(train.num_classes):
-        pool = _class_indices(train, c)
-        mean, _ = _encode(model, train.images[pool], train.labels[pool], batch_size)
-        gmm = fit_diag_gmm(mean, components, seed=seed + c, var_floor=var_floor, max_iter=max_iter)
-        z, comp = gmm.sample(per_class, _class_rng(seed, c), temperature)
-        zs.append(z); comps.append(comp)
-    labels = np.repeat(np.arange(train.num_classes), per_class)
-    return _assemble(model, train, labels, np.concatenate(zs), seed, "gmm", generator,
-                     {"components": components, "temperature": temperature,
-                      "var_floor": var_floor}, batch_size, component=np.concatenate(comps))
+def sample_gmm(
+  model,
+  train,
+  per_class,
+  seed,
+  *,
+  components=5,
+  temperature=1.0,
+  var_floor=1e-3,
+  max_iter=200,
+  generator="",
+  batch_size=256,
+):
+  """Per-class diagonal GMM on the latent means of the class's training images."""
+  zs, comps = [], []
+  for c in range(train.num_classes):
+    pool = _class_indices(train, c)
+    mean, _ = _encode(model, train.images[pool], train.labels[pool], batch_size)
+    gmm = fit_diag_gmm(mean, components, seed=seed + c, var_floor=var_floor, max_iter=max_iter)
+    z, comp = gmm.sample(per_class, _class_rng(seed, c), temperature)
+    zs.append(z)
+    comps.append(comp)
+  labels = np.repeat(np.arange(train.num_classes), per_class)
+  return _assemble(
+    model,
+    train,
+    labels,
+    np.concatenate(zs),
+    seed,
+    "gmm",
+    generator,
+    {"components": components, "temperature": temperature, "var_floor": var_floor},
+    batch_size,
+    component=np.concatenate(comps),
+  )
 
 
-def sample_denoise(model, train, per_class, seed, *, noise: NoiseConfig | None = None,
-                   generator="", batch_size=256):
-    """DAE: corrupt a real image of class c with ``noise`` and reconstruct it."""
-    noise = noise if noise is not None else getattr(model, "noise", None)
-    if not isinstance(noise, NoiseConfig):
-        raise ValueError("sampler 'denoise' needs noise=NoiseConfig(...) (the model has no "
-                         f"'noise' attribute), got {noise!r}")
-    src = np.concatenate([_class_rng(seed, c).choice(_class_indices(train, c), per_class)
-                          for c in range(train.num_classes)])
-    graphdef, state = nnx.split(model)
-    key = jax.random.key(seed)
-    out = _batched(lambda x, b: _denoise_jit(graphdef, state, x, jax.random.fold_in(key, b), noise),
-                   len(src), to_float(train.images[src]), batch_size)
-    return _assemble(model, train, train.labels[src], None, seed, "denoise", generator,
-                     {"noise": noise}, images=np.asarray(from_float(out)), source_index=src)
+def sample_denoise(model, train, per_class, seed, *, noise: NoiseConfig | None = None, generator="", batch_size=256):
+  """DAE: corrupt a real image of class c with ``noise`` and reconstruct it."""
+  noise = noise if noise is not None else getattr(model, "noise", None)
+  if not isinstance(noise, NoiseConfig):
+    raise ValueError(
+      f"sampler 'denoise' needs noise=NoiseConfig(...) (the model has no 'noise' attribute), got {noise!r}"
+    )
+  src = np.concatenate(
+    [_class_rng(seed, c).choice(_class_indices(train, c), per_class) for c in range(train.num_classes)]
+  )
+  graphdef, state = nnx.split(model)
+  key = jax.random.key(seed)
+  out = _batched(
+    lambda x, b: _denoise_jit(graphdef, state, x, jax.random.fold_in(key, b), noise),
+    len(src),
+    to_float(train.images[src]),
+    batch_size,
+  )
+  return _assemble(
+    model,
+    train,
+    train.labels[src],
+    None,
+    seed,
+    "denoise",
+    generator,
+    {"noise": noise},
+    images=np.asarray(from_float(out)),
+    source_index=src,
+  )
 
 
 SAMPLERS: dict[str, Callable[..., SyntheticSet]] = {
-    "prior": sample_prior,
-    "posterior_jitter": sample_posterior_jitter,
-    "interpolation": sample_interpolation,
-    "gmm": sample_gmm,
-    "denoise": sample_denoise,
+  "prior": sample_prior,
+  "posterior_jitter": sample_posterior_jitter,
+  "interpolation": sample_interpolation,
+  "gmm": sample_gmm,
+  "denoise": sample_denoise,
 }
 
 
-def synthesize(model, train: ArrayDataset, per_class: int, sampler: str, seed: int,
-               generator_name: str = "", **options) -> SyntheticSet:
-    """Validate the request and run ``SAMPLERS[sampler]``."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
-    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    kind = getattr(model, "kind", None)
-    if sampler == "denoise" and kind != "dae":
-        raise ValueError(f"sampler 'denoise' needs a DAE, got a {kind!r} model")
-    if getattr(model, "conditional", False) and model.num_classes != train.num_classes:
-        raise ValueError(f"conditional model has {model.num_classes} classes, "
-                         f"the training set {train.num_classes} ({train.class_names})")
-    fn = SAMPLERS[sampler]
-    allowed = set(inspect.signature(fn).parameters) - {"model", "train", "per_class", "seed", "generator"}
-    if set(options) - allowed:
-        raise ValueError(f"unknown option(s) {sorted(set(options) - allowed)} for sampler "
-                         f"{sampler!r}; allowed: {sorted(allowed)}")
-    return fn(model, train, int(per_class), int(seed), generator=generator_name, **options)
+def synthesize(
+  model, train: ArrayDataset, per_class: int, sampler: str, seed: int, generator_name: str = "", **options
+) -> SyntheticSet:
+  """Validate the request and run ``SAMPLERS[sampler]``."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
+  if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+    raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+  kind = getattr(model, "kind", None)
+  if sampler == "denoise" and kind != "dae":
+    raise ValueError(f"sampler 'denoise' needs a DAE, got a {kind!r} model")
+  if getattr(model, "conditional", False) and model.num_classes != train.num_classes:
+    raise ValueError(
+      f"conditional model has {model.num_classes} classes, the training set {train.num_classes} ({train.class_names})"
+    )
+  fn = SAMPLERS[sampler]
+  allowed = set(inspect.signature(fn).parameters) - {"model", "train", "per_class", "seed", "generator"}
+  if set(options) - allowed:
+    raise ValueError(
+      f"unknown option(s) {sorted(set(options) - allowed)} for sampler {sampler!r}; allowed: {sorted(allowed)}"
+    )
+  return fn(model, train, int(per_class), int(seed), generator=generator_name, **options)
 
 
 # ----------------------------------------------------------------------------- GMM (numpy EM)
@@ -496,146 +610,175 @@ def synthesize(model, train: ArrayDataset, per_class: int, sampler: str, seed: i
 
 @dataclasses.dataclass(frozen=True)
 class DiagGMM:
-    weights: np.ndarray    # (K,)
-    means: np.ndarray      # (K, D)
-    variances: np.ndarray  # (K, D)
-    log_likelihood: float  # mean per sample, at the end of EM
-    n_iter: int
-    converged: bool
+  weights: np.ndarray  # (K,)
+  means: np.ndarray  # (K, D)
+  variances: np.ndarray  # (K, D)
+  log_likelihood: float  # mean per sample, at the end of EM
+  n_iter: int
+  converged: bool
 
-    def log_prob_components(self, x: np.ndarray) -> np.ndarray:
-        """(N, K): log w_k + log N(x | mu_k, diag var_k)."""
-        d = (x[:, None, :] - self.means[None]) ** 2 / self.variances[None]
-        logn = -0.5 * (d.sum(-1) + np.log(2 * np.pi * self.variances).sum(-1)[None])
-        return np.log(np.maximum(self.weights, 1e-300))[None] + logn
+  def log_prob_components(self, x: np.ndarray) -> np.ndarray:
+    """(N, K): log w_k + log N(x | mu_k, diag var_k)."""
+    d = (x[:, None, :] - self.means[None]) ** 2 / self.variances[None]
+    logn = -0.5 * (d.sum(-1) + np.log(2 * np.pi * self.variances).sum(-1)[None])
+    return np.log(np.maximum(self.weights, 1e-300))[None] + logn
 
-    def sample(self, n: int, rng: np.random.Generator, temperature: float = 1.0):
-        comp = rng.choice(len(self.weights), n, p=self.weights / self.weights.sum())
-        eps = rng.standard_normal((n, self.means.shape[1]))
-        return self.means[comp] + temperature * np.sqrt(self.variances[comp]) * eps, comp
+  def sample(self, n: int, rng: np.random.Generator, temperature: float = 1.0):
+    comp = rng.choice(len(self.weights), n, p=self.weights / self.weights.sum())
+    eps = rng.standard_normal((n, self.means.shape[1]))
+    return self.means[comp] + temperature * np.sqrt(self.variances[comp]) * eps, comp
 
 
 def _logsumexp(a: np.ndarray) -> np.ndarray:
-    m = a.max(1, keepdims=True)
-    return (m + np.log(np.exp(a - m).sum(1, keepdims=True)))[:, 0]
+  m = a.max(1, keepdims=True)
+  return (m + np.log(np.exp(a - m).sum(1, keepdims=True)))[:, 0]
 
 
-def fit_diag_gmm(x, components: int = 5, seed: int = 0, max_iter: int = 200, tol: float = 1e-6,
-                 var_floor: float = 1e-3) -> DiagGMM:
-    """EM for a diagonal-covariance GMM, k-means++ init (seeded).
+def fit_diag_gmm(
+  x, components: int = 5, seed: int = 0, max_iter: int = 200, tol: float = 1e-6, var_floor: float = 1e-3
+) -> DiagGMM:
+  """EM for a diagonal-covariance GMM, k-means++ init (seeded).
 
-    ``components`` is capped by the number of distinct points. Variances are floored at
-    ``var_floor`` times the mean per-dimension data variance (1 if the data has none), so a
-    component on a single point does not collapse to a delta.
-    """
-    x = np.asarray(x, np.float64)
-    n, _ = x.shape
-    k = max(1, min(int(components), len(np.unique(x, axis=0))))
-    rng = np.random.default_rng(seed)
-    spread = x.var(0).mean()
-    floor = var_floor * (spread if spread > 0 else 1.0)
-    # k-means++: each next centre drawn with probability proportional to squared distance
-    centres = [x[rng.integers(n)]]
-    for _ in range(1, k):
-        d2 = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
-        centres.append(x[rng.choice(n, p=d2 / d2.sum())])
-    assign = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).argmin(1)
-    resp = np.eye(k)[assign]
-    prev, ll, it, converged = -np.inf, -np.inf, 0, False
-    for it in range(1, max_iter + 1):
-        nk = resp.sum(0) + 1e-10
-        means = resp.T @ x / nk[:, None]
-        var = np.maximum(resp.T @ x**2 / nk[:, None] - means**2, floor)
-        gmm = DiagGMM(nk / n, means, var, ll, it, converged)
-        logp = gmm.log_prob_components(x)
-        norm = _logsumexp(logp)
-        resp = np.exp(logp - norm[:, None])
-        ll = float(norm.mean())
-        if abs(ll - prev) < tol * max(1.0, abs(ll)):
-            converged = True
-            break
-        prev = ll
-    return DiagGMM(gmm.weights, gmm.means, gmm.variances, ll, it, converged)
+  ``components`` is capped by the number of distinct points. Variances are floored at
+  ``var_floor`` times the mean per-dimension data variance (1 if the data has none), so a
+  component on a single point does not collapse to a delta.
+  """
+  x = np.asarray(x, np.float64)
+  n, _ = x.shape
+  k = max(1, min(int(components), len(np.unique(x, axis=0))))
+  rng = np.random.default_rng(seed)
+  spread = x.var(0).mean()
+  floor = var_floor * (spread if spread > 0 else 1.0)
+  # k-means++: each next centre drawn with probability proportional to squared distance
+  centres = [x[rng.integers(n)]]
+  for _ in range(1, k):
+    d2 = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
+    centres.append(x[rng.choice(n, p=d2 / d2.sum())])
+  assign = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).argmin(1)
+  resp = np.eye(k)[assign]
+  prev, ll, it, converged = -np.inf, -np.inf, 0, False
+  for it in range(1, max_iter + 1):
+    nk = resp.sum(0) + 1e-10
+    means = resp.T @ x / nk[:, None]
+    var = np.maximum(resp.T @ x**2 / nk[:, None] - means**2, floor)
+    gmm = DiagGMM(nk / n, means, var, ll, it, converged)
+    logp = gmm.log_prob_components(x)
+    norm = _logsumexp(logp)
+    resp = np.exp(logp - norm[:, None])
+    ll = float(norm.mean())
+    if abs(ll - prev) < tol * max(1.0, abs(ll)):
+      converged = True
+      break
+    prev = ll
+  return DiagGMM(gmm.weights, gmm.means, gmm.variances, ll, it, converged)
 
 
 # ----------------------------------------------------------------------------- filtering
 
 
 def filter_by_classifier(synthetic: SyntheticSet, predict_proba, tau: float, batch_size: int = 256):
-    """Keep samples with ``predict_proba(images)[i, label_i] >= tau``; returns (kept, report)."""
-    n = len(synthetic)
-    probs = [np.asarray(predict_proba(synthetic.images[s: s + batch_size]))
-             for s in range(0, n, batch_size)]
-    probs = np.concatenate(probs) if probs else np.zeros((0, len(synthetic.class_names)))
-    if probs.shape != (n, len(synthetic.class_names)):
-        raise ValueError(f"predict_proba must return shape ({n}, {len(synthetic.class_names)}), "
-                         f"got {probs.shape}")
-    keep = probs[np.arange(n), synthetic.labels] >= tau
-    kept = synthetic.take(np.flatnonzero(keep))
-    total, kept_n = synthetic.class_counts(), kept.class_counts()
-    report = {"tau": float(tau), "kept": kept_n, "total": total,
-              "acceptance": {c: (kept_n[c] / total[c] if total[c] else None) for c in total}}
-    return kept, report
+  """Keep samples with ``predict_proba(images)[i, label_i] >= tau``; returns (kept, report)."""
+  n = len(synthetic)
+  probs = [np.asarray(predict_proba(synthetic.images[s : s + batch_size])) for s in range(0, n, batch_size)]
+  probs = np.concatenate(probs) if probs else np.zeros((0, len(synthetic.class_names)))
+  if probs.shape != (n, len(synthetic.class_names)):
+    raise ValueError(f"predict_proba must return shape ({n}, {len(synthetic.class_names)}), got {probs.shape}")
+  keep = probs[np.arange(n), synthetic.labels] >= tau
+  kept = synthetic.take(np.flatnonzero(keep))
+  total, kept_n = synthetic.class_counts(), kept.class_counts()
+  report = {
+    "tau": float(tau),
+    "kept": kept_n,
+    "total": total,
+    "acceptance": {c: (kept_n[c] / total[c] if total[c] else None) for c in total},
+  }
+  return kept, report
 
 
-def synthesize_filtered(model, train: ArrayDataset, per_class: int, sampler: str, seed: int,
-                        predict_proba, tau: float, max_rounds: int = 5, max_factor: float = 10.0,
-                        generator_name: str = "", **options):
-    """Sample and filter in rounds until ``per_class`` accepted images per class.
+def synthesize_filtered(
+  model,
+  train: ArrayDataset,
+  per_class: int,
+  sampler: str,
+  seed: int,
+  predict_proba,
+  tau: float,
+  max_rounds: int = 5,
+  max_factor: float = 10.0,
+  generator_name: str = "",
+  **options,
+):
+  """Sample and filter in rounds until ``per_class`` accepted images per class.
 
-    Round r uses seed ``seed`` (r = 0) or one derived from ``(seed, r)``, and draws enough for
-    the neediest class at the acceptance seen so far (at most ``max_factor * per_class``).
-    Returns (set, report); a class short of ``per_class`` after ``max_rounds`` is listed in
-    ``report["shortfall"]`` and warned about.
-    """
-    names = train.class_names
-    need = {c: per_class for c in names}
-    generated, accepted = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-    parts, seeds, rate = [], [], 1.0
-    for r in range(max_rounds):
-        if not any(need.values()):
-            break
-        round_seed = seed if r == 0 else int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
-        seeds.append(round_seed)
-        n = min(math.ceil(max(need.values()) / max(rate, 1.0 / max_factor)),
-                math.ceil(max_factor * per_class))
-        syn = synthesize(model, train, n, sampler, round_seed, generator_name, **options)
-        kept, rep = filter_by_classifier(syn, predict_proba, tau)
-        take = []
-        for ci, c in enumerate(names):
-            generated[c] += rep["total"][c]
-            accepted[c] += rep["kept"][c]
-            idx = np.flatnonzero(kept.labels == ci)[: need[c]]
-            need[c] -= len(idx)
-            take.append(idx)
-        parts.append(kept.take(np.concatenate(take)))
-        needy = [c for c in names if need[c]]
-        rate = min((accepted[c] / generated[c] for c in needy), default=1.0)
-    result = functools.reduce(SyntheticSet.concatenate, parts)
-    shortfall = {c: k for c, k in need.items() if k}
-    report = {
-        "tau": float(tau), "per_class": per_class, "rounds": len(seeds), "seeds": seeds,
-        "generated": generated, "accepted": accepted, "kept": result.class_counts(),
-        "acceptance": {c: accepted[c] / generated[c] if generated[c] else None for c in names},
-        "shortfall": shortfall, "complete": not shortfall,
-    }
-    if shortfall:
-        warnings.warn(f"synthesize_filtered: after {len(seeds)} rounds (tau={tau}) still short "
-                      f"of {per_class} per class: missing {shortfall}", stacklevel=2)
-    return result, report
+  Round r uses seed ``seed`` (r = 0) or one derived from ``(seed, r)``, and draws enough for
+  the neediest class at the acceptance seen so far (at most ``max_factor * per_class``).
+  Returns (set, report); a class short of ``per_class`` after ``max_rounds`` is listed in
+  ``report["shortfall"]`` and warned about.
+  """
+  names = train.class_names
+  need = {c: per_class for c in names}
+  generated, accepted = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+  parts, seeds, rate = [], [], 1.0
+  for r in range(max_rounds):
+    if not any(need.values()):
+      break
+    round_seed = seed if r == 0 else int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
+    seeds.append(round_seed)
+    n = min(math.ceil(max(need.values()) / max(rate, 1.0 / max_factor)), math.ceil(max_factor * per_class))
+    syn = synthesize(model, train, n, sampler, round_seed, generator_name, **options)
+    kept, rep = filter_by_classifier(syn, predict_proba, tau)
+    take = []
+    for ci, c in enumerate(names):
+      generated[c] += rep["total"][c]
+      accepted[c] += rep["kept"][c]
+      idx = np.flatnonzero(kept.labels == ci)[: need[c]]
+      need[c] -= len(idx)
+      take.append(idx)
+    parts.append(kept.take(np.concatenate(take)))
+    needy = [c for c in names if need[c]]
+    rate = min((accepted[c] / generated[c] for c in needy), default=1.0)
+  result = functools.reduce(SyntheticSet.concatenate, parts)
+  shortfall = {c: k for c, k in need.items() if k}
+  report = {
+    "tau": float(tau),
+    "per_class": per_class,
+    "rounds": len(seeds),
+    "seeds": seeds,
+    "generated": generated,
+    "accepted": accepted,
+    "kept": result.class_counts(),
+    "acceptance": {c: accepted[c] / generated[c] if generated[c] else None for c in names},
+    "shortfall": shortfall,
+    "complete": not shortfall,
+  }
+  if shortfall:
+    warnings.warn(
+      f"synthesize_filtered: after {len(seeds)} rounds (tau={tau}) still short "
+      f"of {per_class} per class: missing {shortfall}",
+      stacklevel=2,
+    )
+  return result, report
 
 
 def combine(real: ArrayDataset, synthetic: SyntheticSet, name: str | None = None) -> ArrayDataset:
-    """Real + synthetic as one ArrayDataset, both carrying the provenance extras
-    (real rows: ``synthetic=False``, generator/sampler "real", no source, mix nan)."""
-    n = len(real)
-    prov = {"synthetic": np.zeros(n, bool), "generator": np.full(n, "real"),
-            "sampler": np.full(n, "real"), "seed": np.full(n, -1, np.int64),
-            "source_index": np.full(n, -1, np.int64), "source_file": np.full(n, ""),
-            "source_index_b": np.full(n, -1, np.int64), "source_file_b": np.full(n, ""),
-            "mix": np.full(n, np.nan, np.float32), "component": np.full(n, -1, np.int64)}
-    if real.extras:  # ArrayDataset.concatenate needs identical extras keys on both sides
-        raise ValueError(f"real dataset has extras {sorted(real.extras)}; drop them before combining")
-    tagged = ArrayDataset(real.images, real.labels, real.files, real.groups, real.class_names,
-                          extras=prov, name=real.name)
-    return tagged.concatenate(synthetic.to_dataset(provenance=True), name=name)
+  """Real + synthetic as one ArrayDataset, both carrying the provenance extras
+  (real rows: ``synthetic=False``, generator/sampler "real", no source, mix nan)."""
+  n = len(real)
+  prov = {
+    "synthetic": np.zeros(n, bool),
+    "generator": np.full(n, "real"),
+    "sampler": np.full(n, "real"),
+    "seed": np.full(n, -1, np.int64),
+    "source_index": np.full(n, -1, np.int64),
+    "source_file": np.full(n, ""),
+    "source_index_b": np.full(n, -1, np.int64),
+    "source_file_b": np.full(n, ""),
+    "mix": np.full(n, np.nan, np.float32),
+    "component": np.full(n, -1, np.int64),
+  }
+  if real.extras:  # ArrayDataset.concatenate needs identical extras keys on both sides
+    raise ValueError(f"real dataset has extras {sorted(real.extras)}; drop them before combining")
+  tagged = ArrayDataset(
+    real.images, real.labels, real.files, real.groups, real.class_names, extras=prov, name=real.name
+  )
+  return tagged.concatenate(synthetic.to_dataset(provenance=True), name=name)

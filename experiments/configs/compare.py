@@ -96,8 +96,8 @@ def get_config(preset: str = "default"):
   # chosen per cell on validation ROC-AUC.
   config.synthesis.synthetic_ratios = (1.0,)
   config.synthesis.dae_sampler = "denoise"  # a DAE has no prior: it re-noises and denoises real images
-  config.synthesis.vae_sampler = "gmm"      # unconditional VAE: a per-class Gaussian mixture in latent space
-  config.synthesis.cvae_sampler = "prior"   # CVAE: z ~ N(0, I) decoded with the wanted label
+  config.synthesis.vae_sampler = "gmm"  # unconditional VAE: a per-class Gaussian mixture in latent space
+  config.synthesis.cvae_sampler = "prior"  # CVAE: z ~ N(0, I) decoded with the wanted label
   config.synthesis.temperature = 1.0
   # Keep only samples that the cell's own "none" classifier (real data only, selected on
   # validation) assigns to the intended class with probability >= tau; 0 disables filtering.

@@ -16,9 +16,9 @@ from vaeaug.data import face_mask12k, face_mask_detection, grouping, sources
 
 # dataset -> (whether the masked-from-unmasked rule applies, name/photo link keys of an example)
 _RULES: dict[str, tuple[bool, Callable[[dict], list[str]]]] = {
-    "face_mask12k": (True, lambda example: face_mask12k.link_keys(example["file"])),
-    "face_mask_observations": (True, lambda example: []),
-    "face_mask_detection": (False, lambda example: face_mask_detection.link_keys(example["photo"])),
+  "face_mask12k": (True, lambda example: face_mask12k.link_keys(example["file"])),
+  "face_mask_observations": (True, lambda example: []),
+  "face_mask_detection": (False, lambda example: face_mask_detection.link_keys(example["photo"])),
 }
 
 
@@ -35,17 +35,22 @@ class AuditResult:
   examples: dict[str, list[tuple[str, str, str]]]
 
   def to_json(self) -> dict:
-    return {"dataset": self.dataset, "config": self.config,
-            "cross_split_pairs": self.cross_split_pairs,
-            "images_with_train_sibling": self.images_with_train_sibling,
-            "images_in_group_with_train": self.images_in_group_with_train,
-            "pairs_by_split_pair": self.pairs_by_split_pair, "pairs_by_kind": self.pairs_by_kind,
-            "split_sizes": self.split_sizes}
+    return {
+      "dataset": self.dataset,
+      "config": self.config,
+      "cross_split_pairs": self.cross_split_pairs,
+      "images_with_train_sibling": self.images_with_train_sibling,
+      "images_in_group_with_train": self.images_in_group_with_train,
+      "pairs_by_split_pair": self.pairs_by_split_pair,
+      "pairs_by_kind": self.pairs_by_kind,
+      "split_sizes": self.split_sizes,
+    }
 
   def report(self) -> str:
-    lines = [f"Leak audit of {self.dataset}/{self.config} "
-             f"({', '.join(f'{s} {n}' for s, n in self.split_sizes.items())})",
-             f"  pairs crossing splits: {self.cross_split_pairs}"]
+    lines = [
+      f"Leak audit of {self.dataset}/{self.config} ({', '.join(f'{s} {n}' for s, n in self.split_sizes.items())})",
+      f"  pairs crossing splits: {self.cross_split_pairs}",
+    ]
     for split_pair, count in self.pairs_by_split_pair.items():
       lines.append(f"    {split_pair:<22} {count}")
     if self.pairs_by_kind:
@@ -53,8 +58,10 @@ class AuditResult:
     for split, count in self.images_with_train_sibling.items():
       size = self.split_sizes.get(split, 0)
       share = f" ({100 * count / size:.1f}%)" if size else ""
-      lines.append(f"  {split} images with a near-duplicate in train: {count}{share}; "
-                   f"in a group reaching train: {self.images_in_group_with_train.get(split, 0)}")
+      lines.append(
+        f"  {split} images with a near-duplicate in train: {count}{share}; "
+        f"in a group reaching train: {self.images_in_group_with_train.get(split, 0)}"
+      )
     for split_pair, rows in self.examples.items():
       lines.append(f"  e.g. {split_pair}:")
       lines.extend(f"    [{kind}] {a}  <->  {b}" for a, b, kind in rows)
@@ -70,8 +77,8 @@ def load_examples(dataset: str, config: str, data_dir=None) -> dict[str, list[di
       continue
     rows = source[split].__getitems__(list(range(len(source[split]))))
     examples[split] = [
-        {key: value.decode() if isinstance(value, bytes) else value for key, value in row.items()}
-        for row in rows]
+      {key: value.decode() if isinstance(value, bytes) else value for key, value in row.items()} for row in rows
+    ]
   return examples
 
 
@@ -84,8 +91,10 @@ def audit(dataset: str, config: str, data_dir=None, max_examples: int = 5) -> Au
   splits = [split for split, _ in rows]
   fingerprints = grouping.fingerprint([example["image"] for _, example in rows])
   pairs = grouping.find_duplicate_pairs(
-      fingerprints, labels=[int(example["label"]) for _, example in rows] if use_labels else None,
-      link_keys=[keys_of(example) for _, example in rows])
+    fingerprints,
+    labels=[int(example["label"]) for _, example in rows] if use_labels else None,
+    link_keys=[keys_of(example) for _, example in rows],
+  )
 
   order = {split: index for index, split in enumerate(grouping.SPLITS)}
   by_split_pair: collections.Counter[str] = collections.Counter()
@@ -108,14 +117,16 @@ def audit(dataset: str, config: str, data_dir=None, max_examples: int = 5) -> Au
   components = grouping.connected_components(len(rows), pairs)
   train_components = {c for c, split in zip(components.tolist(), splits) if split == "train"}
   in_group_with_train = collections.Counter(
-      split for c, split in zip(components.tolist(), splits) if split != "train" and c in train_components)
+    split for c, split in zip(components.tolist(), splits) if split != "train" and c in train_components
+  )
   return AuditResult(
-      dataset=dataset, config=config,
-      split_sizes={split: len(examples_) for split, examples_ in by_split.items()},
-      cross_split_pairs=sum(by_split_pair.values()),
-      pairs_by_split_pair={pair: by_split_pair.get(pair, 0) for pair in split_pairs},
-      pairs_by_kind=dict(sorted(by_kind.items())),
-      images_with_train_sibling={split: len(members) for split, members in with_train_sibling.items()},
-      images_in_group_with_train={split: in_group_with_train.get(split, 0) for split in with_train_sibling},
-      examples=examples)
-
+    dataset=dataset,
+    config=config,
+    split_sizes={split: len(examples_) for split, examples_ in by_split.items()},
+    cross_split_pairs=sum(by_split_pair.values()),
+    pairs_by_split_pair={pair: by_split_pair.get(pair, 0) for pair in split_pairs},
+    pairs_by_kind=dict(sorted(by_kind.items())),
+    images_with_train_sibling={split: len(members) for split, members in with_train_sibling.items()},
+    images_in_group_with_train={split: in_group_with_train.get(split, 0) for split in with_train_sibling},
+    examples=examples,
+  )

@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from vaeaug.data import grouping, images as image_io, sources
+from vaeaug.data import grouping, sources
+from vaeaug.data import images as image_io
 
 REPORT_FILE = "build_report.json"
 
@@ -52,8 +53,11 @@ class SkipLog:
       return str(path)
 
   def to_json(self) -> dict:
-    return {"counts": dict(sorted(self.counts.items())), "warnings": dict(sorted(self.warnings.items())),
-            "examples": dict(sorted(self.examples.items()))}
+    return {
+      "counts": dict(sorted(self.counts.items())),
+      "warnings": dict(sorted(self.warnings.items())),
+      "examples": dict(sorted(self.examples.items())),
+    }
 
 
 def list_folder_images(folder: Path, skips: SkipLog, *, required: bool = True) -> list[Path]:
@@ -87,19 +91,22 @@ def decode_images(paths: Sequence[Path], skips: SkipLog, description: str) -> li
 
 def image_features(class_names: Sequence[str], **extra) -> tfds.features.FeaturesDict:
   """Features every builder shares; `extra` adds dataset-specific ones (box, photo, ...)."""
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       # Images are given to TFDS as PNG bytes (encoded by PIL), so no TensorFlow is needed.
       "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
       "label": tfds.features.ClassLabel(names=list(class_names)),
       "file": tfds.features.Text(doc="source path relative to the dataset root"),
       "group": tfds.features.Text(doc="leakage group: near-duplicates share it (vaeaug.data.grouping)"),
       **extra,
-  })
+    }
+  )
 
 
 @dataclasses.dataclass
 class Report:
   """What a build produced and skipped; written as `build_report.json` beside the dataset."""
+
   dataset: str
   config: str
   version: str
@@ -114,8 +121,10 @@ class Report:
     return sum(sum(by_class.values()) for by_class in self.counts.values())
 
   def summary(self) -> str:
-    lines = [f"{self.dataset}/{self.config} v{self.version}: {self.total} examples, {self.groups} groups"
-             + (f", built in {self.seconds:.1f} s" if self.seconds is not None else "")]
+    lines = [
+      f"{self.dataset}/{self.config} v{self.version}: {self.total} examples, {self.groups} groups"
+      + (f", built in {self.seconds:.1f} s" if self.seconds is not None else "")
+    ]
     for split, by_class in self.counts.items():
       parts = ", ".join(f"{name} {count}" for name, count in by_class.items())
       lines.append(f"  {split:<10} {sum(by_class.values()):>6}  ({parts})")
@@ -135,15 +144,28 @@ class Report:
     return "\n".join(lines)
 
 
-def make_report(builder: tfds.core.DatasetBuilder, split_of: Sequence[str], labels: Sequence[int],
-                class_names: Sequence[str], groups: Sequence[str], links: dict[str, int],
-                skips: SkipLog) -> Report:
+def make_report(
+  builder: tfds.core.DatasetBuilder,
+  split_of: Sequence[str],
+  labels: Sequence[int],
+  class_names: Sequence[str],
+  groups: Sequence[str],
+  links: dict[str, int],
+  skips: SkipLog,
+) -> Report:
   counts = {}
   for split in grouping.SPLITS:
     by_class = collections.Counter(label for s, label in zip(split_of, labels) if s == split)
     counts[split] = {name: by_class.get(index, 0) for index, name in enumerate(class_names)}
-  return Report(dataset=builder.name, config=builder.builder_config.name, version=str(builder.version),
-                counts=counts, groups=len(set(groups)), links=links, skips=skips.to_json())
+  return Report(
+    dataset=builder.name,
+    config=builder.builder_config.name,
+    version=str(builder.version),
+    counts=counts,
+    groups=len(set(groups)),
+    links=links,
+    skips=skips.to_json(),
+  )
 
 
 def split_generators(builder, examples: Sequence[dict], split_of: Sequence[str], generate: Callable):
@@ -153,17 +175,26 @@ def split_generators(builder, examples: Sequence[dict], split_of: Sequence[str],
   split, and readers (e.g. the audit) skip absent splits. No example at all is an error.
   """
   if not examples:
-    raise ValueError(f"{builder.name}/{builder.builder_config.name}: no usable examples "
-                     f"(every file was skipped, see the problems counted in the build log)")
+    raise ValueError(
+      f"{builder.name}/{builder.builder_config.name}: no usable examples "
+      f"(every file was skipped, see the problems counted in the build log)"
+    )
   by_split = {split: [] for split in grouping.SPLITS}
   for example, split in zip(examples, split_of):
     by_split[split].append(example)
   return {split: generate(items) for split, items in by_split.items() if items}
 
 
-def grouped_split_generators(builder, records: Sequence[dict], class_names: Sequence[str], skips: SkipLog, *,
-                             link_keys: Sequence[Sequence[str]] | None = None,
-                             fixed_splits: Sequence[str] | None = None, extra_fields: Sequence[str] = ()):
+def grouped_split_generators(
+  builder,
+  records: Sequence[dict],
+  class_names: Sequence[str],
+  skips: SkipLog,
+  *,
+  link_keys: Sequence[Sequence[str]] | None = None,
+  fixed_splits: Sequence[str] | None = None,
+  extra_fields: Sequence[str] = (),
+):
   """Group decoded `records` (dicts with image, label, file and `extra_fields`), assign class-
   balanced grouped splits (or keep `fixed_splits`), record the build report and return the
   split generators."""
@@ -171,9 +202,15 @@ def grouped_split_generators(builder, records: Sequence[dict], class_names: Sequ
   result = grouping.group_images([record["image"] for record in records], labels=labels, link_keys=link_keys)
   split_of = list(fixed_splits) if fixed_splits is not None else grouping.assign_splits(result.groups, labels)
   examples = [
-      {"image": image_io.encode_png(record["image"]), "label": record["label"], "file": record["file"],
-       "group": group, **{field: record[field] for field in extra_fields}}
-      for record, group in zip(records, result.groups)]
+    {
+      "image": image_io.encode_png(record["image"]),
+      "label": record["label"],
+      "file": record["file"],
+      "group": group,
+      **{field: record[field] for field in extra_fields},
+    }
+    for record, group in zip(records, result.groups)
+  ]
   builder.report = make_report(builder, split_of, labels, class_names, result.groups, result.kind_counts(), skips)
   return split_generators(builder, examples, split_of, builder._generate_examples)
 
@@ -181,10 +218,11 @@ def grouped_split_generators(builder, records: Sequence[dict], class_names: Sequ
 def builder_class(dataset: str):
   """The TFDS builder class of a dataset name (imports its module so it is registered)."""
   from vaeaug.data import face_mask12k, face_mask_detection, face_mask_observations  # noqa: F401
+
   classes = {
-      "face_mask_detection": face_mask_detection.FaceMaskDetection,
-      "face_mask12k": face_mask12k.FaceMask12k,
-      "face_mask_observations": face_mask_observations.FaceMaskObservations,
+    "face_mask_detection": face_mask_detection.FaceMaskDetection,
+    "face_mask12k": face_mask12k.FaceMask12k,
+    "face_mask_observations": face_mask_observations.FaceMaskObservations,
   }
   if dataset not in classes:
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(classes)}")
@@ -207,7 +245,8 @@ def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None) -> Repor
   manual_dir = sources.raw_dir(dataset, raw_root)
   start = time.perf_counter()
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), download_mode=mode))
+    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), download_mode=mode)
+  )
   report = builder.report
   report.seconds = round(time.perf_counter() - start, 1)
   report_path = Path(builder.data_dir) / REPORT_FILE

@@ -39,8 +39,8 @@ class FaceMask12k(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Official and leak-free grouped splits."}
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="official", description="The split shipped with the download (leaky)."),
-      tfds.core.BuilderConfig(name="grouped", description="Leak-free ~80/10/10 split by near-duplicate group."),
+    tfds.core.BuilderConfig(name="official", description="The split shipped with the download (leaky)."),
+    tfds.core.BuilderConfig(name="grouped", description="Leak-free ~80/10/10 split by near-duplicate group."),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download "Face Mask ~12K Images Dataset" by Ashish Jangra from Kaggle
@@ -51,10 +51,9 @@ class FaceMask12k(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=building.image_features(
-            CLASS_NAMES, official_split=tfds.features.Text(doc="split in the download")),
-        supervised_keys=("image", "label"),
-        homepage="https://www.kaggle.com/datasets/ashishjangra27/face-mask-12k-images-dataset",
+      features=building.image_features(CLASS_NAMES, official_split=tfds.features.Text(doc="split in the download")),
+      supervised_keys=("image", "label"),
+      homepage="https://www.kaggle.com/datasets/ashishjangra27/face-mask-12k-images-dataset",
     )
 
   def _split_generators(self, dl_manager):
@@ -65,13 +64,19 @@ class FaceMask12k(tfds.core.GeneratorBasedBuilder):
       for class_folder, label in _CLASS_FOLDERS.items():
         paths = building.list_folder_images(root / _ROOT / folder / class_folder, skips)
         for path, image in building.decode_images(paths, skips, f"{folder}/{class_folder}"):
-          records.append(dict(image=image, label=label, official_split=official,
-                              file=path.relative_to(root).as_posix()))
+          records.append(
+            dict(image=image, label=label, official_split=official, file=path.relative_to(root).as_posix())
+          )
     official = self.builder_config.name == "official"
     return building.grouped_split_generators(
-        self, records, CLASS_NAMES, skips, link_keys=[link_keys(r["file"]) for r in records],
-        fixed_splits=[r["official_split"] for r in records] if official else None,
-        extra_fields=("official_split",))
+      self,
+      records,
+      CLASS_NAMES,
+      skips,
+      link_keys=[link_keys(r["file"]) for r in records],
+      fixed_splits=[r["official_split"] for r in records] if official else None,
+      extra_fields=("official_split",),
+    )
 
   def _generate_examples(self, examples):
     for example in examples:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaeaug.data import building, grouping, images as image_io, voc
+from vaeaug.data import building, grouping, voc
+from vaeaug.data import images as image_io
 
 ALL_CLASSES = ("with_mask", "without_mask", "mask_weared_incorrect")
 DEFAULT_MARGIN = 0.25
@@ -62,10 +63,14 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Square face crops, photo-grouped split."}
   BUILDER_CONFIGS = [
-      DetectionConfig(name="2classes", class_names=ALL_CLASSES[:2],
-                      description="with_mask / without_mask; mask_weared_incorrect dropped."),
-      DetectionConfig(name="3classes", class_names=ALL_CLASSES,
-                      description="with_mask / without_mask / mask_weared_incorrect."),
+    DetectionConfig(
+      name="2classes",
+      class_names=ALL_CLASSES[:2],
+      description="with_mask / without_mask; mask_weared_incorrect dropped.",
+    ),
+    DetectionConfig(
+      name="3classes", class_names=ALL_CLASSES, description="with_mask / without_mask / mask_weared_incorrect."
+    ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download "Face Mask Detection" by andrewmvd from Kaggle
@@ -76,16 +81,17 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=building.image_features(
-            self.builder_config.class_names,
-            photo=tfds.features.Text(doc="photo file the face was cropped from"),
-            face_index=tfds.features.Scalar(dtype=np.int32, doc="index of the <object> in the XML"),
-            box=tfds.features.Tensor(shape=(4,), dtype=np.int32,
-                                     doc="face box in the photo, clipped: xmin, ymin, xmax, ymax (exclusive)"),
-            crop_box=tfds.features.Tensor(shape=(4,), dtype=np.int32, doc="the crop's box in the photo"),
+      features=building.image_features(
+        self.builder_config.class_names,
+        photo=tfds.features.Text(doc="photo file the face was cropped from"),
+        face_index=tfds.features.Scalar(dtype=np.int32, doc="index of the <object> in the XML"),
+        box=tfds.features.Tensor(
+          shape=(4,), dtype=np.int32, doc="face box in the photo, clipped: xmin, ymin, xmax, ymax (exclusive)"
         ),
-        supervised_keys=("image", "label"),
-        homepage="https://www.kaggle.com/datasets/andrewmvd/face-mask-detection",
+        crop_box=tfds.features.Tensor(shape=(4,), dtype=np.int32, doc="the crop's box in the photo"),
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://www.kaggle.com/datasets/andrewmvd/face-mask-detection",
     )
 
   def _split_generators(self, dl_manager):
@@ -108,8 +114,9 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
         if photo_path.name in claimed:
           raise image_io.BadInputError(xml_path, "photo annotated twice", photo_path.name)
         if photo_path.name not in listed:  # e.g. a hidden file: already counted as a listing skip
-          raise image_io.BadInputError(xml_path, "image missing",
-                                       f"{photo_path.name}: {skipped_names.get(photo_path.name, 'not listed')}")
+          raise image_io.BadInputError(
+            xml_path, "image missing", f"{photo_path.name}: {skipped_names.get(photo_path.name, 'not listed')}"
+          )
         # Claimed before decoding: a photo that cannot be decoded is one skip (of its annotation),
         # not also a "photo without annotation".
         claimed.add(photo_path.name)
@@ -133,9 +140,17 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
           continue
         crop_box = voc.square_crop_box(box, width, height, config.margin)
         x0, y0, x1, y1 = crop_box
-        faces.append(dict(image=photo[y0:y1, x0:x1], class_name=obj.name,
-                          file=photo_file, photo_index=len(photos) - 1, face_index=face_index,
-                          box=box, crop_box=crop_box))
+        faces.append(
+          dict(
+            image=photo[y0:y1, x0:x1],
+            class_name=obj.name,
+            file=photo_file,
+            photo_index=len(photos) - 1,
+            face_index=face_index,
+            box=box,
+            crop_box=crop_box,
+          )
+        )
     for name in sorted(listed - claimed):
       skips.add(images_dir / name, "photo without annotation")
 
@@ -143,8 +158,8 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
     # Grouping sees the faces of every class, so groups and splits are the same in every config.
     photo_groups = grouping.group_images(photos).groups
     result = grouping.group_images(
-        [f["image"] for f in faces],
-        link_keys=[link_keys(photo_groups[f["photo_index"]]) for f in faces])
+      [f["image"] for f in faces], link_keys=[link_keys(photo_groups[f["photo_index"]]) for f in faces]
+    )
     # Splits are assigned over the faces of all classes too, then the config's classes are kept.
     all_splits = grouping.assign_splits(result.groups, [ALL_CLASSES.index(f["class_name"]) for f in faces])
     kept = []
@@ -156,13 +171,21 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
     split_of = [split for _, _, split in kept]
     labels = [config.class_names.index(face["class_name"]) for face, _, _ in kept]
     examples = [
-        {"image": image_io.encode_png(np.ascontiguousarray(face["image"])), "label": label,
-         "file": face["file"], "group": group, "photo": face["file"],
-         "face_index": face["face_index"], "box": np.asarray(face["box"], np.int32),
-         "crop_box": np.asarray(face["crop_box"], np.int32)}
-        for (face, group, _), label in zip(kept, labels)]
-    self.report = building.make_report(self, split_of, labels, config.class_names,
-                                       [group for _, group, _ in kept], result.kind_counts(), skips)
+      {
+        "image": image_io.encode_png(np.ascontiguousarray(face["image"])),
+        "label": label,
+        "file": face["file"],
+        "group": group,
+        "photo": face["file"],
+        "face_index": face["face_index"],
+        "box": np.asarray(face["box"], np.int32),
+        "crop_box": np.asarray(face["crop_box"], np.int32),
+      }
+      for (face, group, _), label in zip(kept, labels)
+    ]
+    self.report = building.make_report(
+      self, split_of, labels, config.class_names, [group for _, group, _ in kept], result.kind_counts(), skips
+    )
     return building.split_generators(self, examples, split_of, self._generate_examples)
 
   def _generate_examples(self, examples):

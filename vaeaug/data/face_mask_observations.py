@@ -23,7 +23,7 @@ class FaceMaskObservations(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Leak-free grouped split."}
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="grouped", description="Leak-free ~80/10/10 split by near-duplicate group."),
+    tfds.core.BuilderConfig(name="grouped", description="Leak-free ~80/10/10 split by near-duplicate group."),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the `data/` folder of Prajna Bhandary's face-mask-detector repository
@@ -34,9 +34,9 @@ class FaceMaskObservations(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=building.image_features(CLASS_NAMES),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/prajnasb/observations",
+      features=building.image_features(CLASS_NAMES),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/prajnasb/observations",
     )
 
   def _split_generators(self, dl_manager):

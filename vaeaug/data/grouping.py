@@ -70,14 +70,17 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _resize(gray: np.ndarray, width: int, height: int) -> np.ndarray:
-  return np.asarray(Image.fromarray(np.ascontiguousarray(gray, np.float32)).resize((width, height), Image.BOX), np.float32)
+  return np.asarray(
+    Image.fromarray(np.ascontiguousarray(gray, np.float32)).resize((width, height), Image.BOX), np.float32
+  )
 
 
 def _dhash(gray: np.ndarray) -> np.ndarray:
   horizontal = _resize(gray, 9, 8)
   vertical = _resize(gray, 8, 9)
-  bits = np.concatenate([(horizontal[:, 1:] > horizontal[:, :-1]).ravel(),
-                         (vertical[1:, :] > vertical[:-1, :]).ravel()])
+  bits = np.concatenate(
+    [(horizontal[:, 1:] > horizontal[:, :-1]).ravel(), (vertical[1:, :] > vertical[:-1, :]).ravel()]
+  )
   return np.packbits(bits)
 
 
@@ -89,13 +92,14 @@ def _thumb(gray: np.ndarray, size: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Fingerprints:
   """Per-image hashes and thumbnails used to find duplicates (arrays indexed like the images)."""
+
   sha: tuple[str, ...]
-  hashes: np.ndarray          # (n, 16) uint8 packed dHash of the image
-  mirror_hashes: np.ndarray   # of the horizontally mirrored image
-  top_hashes: np.ndarray      # of the top part (eyes and forehead)
-  thumbs: np.ndarray          # (n, s, s) standardised grayscale thumbnails
+  hashes: np.ndarray  # (n, 16) uint8 packed dHash of the image
+  mirror_hashes: np.ndarray  # of the horizontally mirrored image
+  top_hashes: np.ndarray  # of the top part (eyes and forehead)
+  thumbs: np.ndarray  # (n, s, s) standardised grayscale thumbnails
   top_thumbs: np.ndarray
-  informative: np.ndarray     # (n,) bool: False for blank (near-constant) images
+  informative: np.ndarray  # (n,) bool: False for blank (near-constant) images
 
   def __len__(self) -> int:
     return len(self.sha)
@@ -106,7 +110,7 @@ def fingerprint(images: Sequence[np.ndarray], params: NearDuplicateParams = DEFA
   for image in images:
     gray = _gray(image)
     informative.append(float(gray.std()) >= params.blank_std)
-    top = gray[:max(1, int(round(gray.shape[0] * params.top_fraction)))]
+    top = gray[: max(1, int(round(gray.shape[0] * params.top_fraction)))]
     sha.append(image_io.sha256_of_pixels(image))
     hashes.append(_dhash(gray))
     mirror_hashes.append(_dhash(gray[:, ::-1]))
@@ -116,13 +120,14 @@ def fingerprint(images: Sequence[np.ndarray], params: NearDuplicateParams = DEFA
   size = params.thumb_size
   as_array = lambda rows, shape, dtype: np.asarray(rows, dtype).reshape((len(rows),) + shape)
   return Fingerprints(
-      sha=tuple(sha),
-      hashes=as_array(hashes, (16,), np.uint8),
-      mirror_hashes=as_array(mirror_hashes, (16,), np.uint8),
-      top_hashes=as_array(top_hashes, (16,), np.uint8),
-      thumbs=as_array(thumbs, (size, size), np.float32),
-      top_thumbs=as_array(top_thumbs, (size, size), np.float32),
-      informative=np.asarray(informative, bool).reshape(len(informative)))
+    sha=tuple(sha),
+    hashes=as_array(hashes, (16,), np.uint8),
+    mirror_hashes=as_array(mirror_hashes, (16,), np.uint8),
+    top_hashes=as_array(top_hashes, (16,), np.uint8),
+    thumbs=as_array(thumbs, (size, size), np.float32),
+    top_thumbs=as_array(top_thumbs, (size, size), np.float32),
+    informative=np.asarray(informative, bool).reshape(len(informative)),
+  )
 
 
 def _hash_candidates(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 2048):
@@ -131,7 +136,7 @@ def _hash_candidates(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 2
   b_words = np.ascontiguousarray(b).view(np.uint64)
   rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
   for start in range(0, len(a_words), chunk):
-    block = a_words[start:start + chunk]
+    block = a_words[start : start + chunk]
     distance = np.bitwise_count(block[:, None, 0] ^ b_words[None, :, 0]).astype(np.int32)
     for word in range(1, a_words.shape[1]):
       distance += np.bitwise_count(block[:, None, word] ^ b_words[None, :, word])
@@ -148,10 +153,10 @@ def _mad(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def find_duplicate_pairs(
-    fingerprints: Fingerprints,
-    labels: Sequence[int] | None = None,
-    link_keys: Sequence[Sequence[str]] | None = None,
-    params: NearDuplicateParams = DEFAULT_PARAMS,
+  fingerprints: Fingerprints,
+  labels: Sequence[int] | None = None,
+  link_keys: Sequence[Sequence[str]] | None = None,
+  params: NearDuplicateParams = DEFAULT_PARAMS,
 ) -> dict[tuple[int, int], str]:
   """All linked pairs {(i, j): kind} with i < j.
 
@@ -234,8 +239,9 @@ def connected_components(n: int, pairs) -> np.ndarray:
   return np.asarray([numbering.setdefault(root, len(numbering)) for root in roots], np.int64)
 
 
-def group_ids(content_keys: Sequence[str], components: np.ndarray,
-              informative: Sequence[bool] | None = None) -> list[str]:
+def group_ids(
+  content_keys: Sequence[str], components: np.ndarray, informative: Sequence[bool] | None = None
+) -> list[str]:
   """A stable id per item: the smallest content key (pixel hash) in its component, shortened.
 
   With `informative`, blank members are only used when the component has no informative one: a
@@ -264,8 +270,9 @@ def assign_split(group_id: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), sa
   return SPLITS[-1]
 
 
-def assign_splits(groups: Sequence[str], labels: Sequence[int], fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                  salt: str = "vaeaug-v1") -> list[str]:
+def assign_splits(
+  groups: Sequence[str], labels: Sequence[int], fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "vaeaug-v1"
+) -> list[str]:
   """Split of every example such that whole groups go to one split and each class is divided
   close to `fractions` (hashing groups alone gives lumpy splits when a few groups are large,
   e.g. a crowd photo with 100 faces).
@@ -314,9 +321,12 @@ class Grouping:
     return dict(sorted(counts.items()))
 
 
-def group_images(images: Sequence[np.ndarray], labels: Sequence[int] | None = None,
-                 link_keys: Sequence[Sequence[str]] | None = None,
-                 params: NearDuplicateParams = DEFAULT_PARAMS) -> Grouping:
+def group_images(
+  images: Sequence[np.ndarray],
+  labels: Sequence[int] | None = None,
+  link_keys: Sequence[Sequence[str]] | None = None,
+  params: NearDuplicateParams = DEFAULT_PARAMS,
+) -> Grouping:
   """Leakage group id of every image (see the module docstring for the rules)."""
   fingerprints = fingerprint(images, params)
   pairs = find_duplicate_pairs(fingerprints, labels, link_keys, params)

@@ -15,9 +15,9 @@ RAW_DATA_ENV = "VAEAUG_RAW_DATA"
 
 # Dataset name -> the folder its download unpacks to, under the raw-data root.
 RAW_FOLDERS = {
-    "face_mask_detection": "face-mask-detection",
-    "face_mask12k": "face-mask-12k",
-    "face_mask_observations": "face-mask-observations",
+  "face_mask_detection": "face-mask-detection",
+  "face_mask12k": "face-mask-12k",
+  "face_mask_observations": "face-mask-observations",
 }
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,13 +40,15 @@ def raw_dir(dataset: str, raw_root: str | os.PathLike | None = None) -> Path:
   root = Path(raw_root).expanduser() if raw_root else default_raw_root()
   if root is None:
     raise FileNotFoundError(
-        f"no raw data folder for {dataset}: pass --raw_dir=DIR or set ${RAW_DATA_ENV} to the folder "
-        f"that holds {RAW_FOLDERS[dataset]}/ (see the dataset's MANUAL_DOWNLOAD_INSTRUCTIONS)")
+      f"no raw data folder for {dataset}: pass --raw_dir=DIR or set ${RAW_DATA_ENV} to the folder "
+      f"that holds {RAW_FOLDERS[dataset]}/ (see the dataset's MANUAL_DOWNLOAD_INSTRUCTIONS)"
+    )
   folder = root / RAW_FOLDERS[dataset]
   if not folder.is_dir():
     raise FileNotFoundError(
-        f"{folder}: missing folder; {dataset} expects its download unpacked there "
-        f"(raw-data root {root}, from --raw_dir or ${RAW_DATA_ENV})")
+      f"{folder}: missing folder; {dataset} expects its download unpacked there "
+      f"(raw-data root {root}, from --raw_dir or ${RAW_DATA_ENV})"
+    )
   return folder
 
 
@@ -60,17 +62,25 @@ def data_source(name: str, split: str | None = None, data_dir=None):
 
   data_dir = os.fspath(Path(data_dir).expanduser()) if data_dir is not None else os.fspath(default_data_dir())
   dataset, _, config = name.partition("/")
-  how = (f"build it with `python scripts/prepare_data.py --datasets={dataset}"
-         f"{f' --configs={config}' if config else ''} --data_dir={data_dir}`")
+  how = (
+    f"build it with `python scripts/prepare_data.py --datasets={dataset}"
+    f"{f' --configs={config}' if config else ''} --data_dir={data_dir}`"
+  )
   # Checked first: for a registered builder TFDS would otherwise try to build it, or complain
   # about the wrong file format.
   if not list(Path(data_dir, dataset, config).glob("*/dataset_info.json")):
     raise FileNotFoundError(f"dataset {name} is not built in {data_dir}: {how}")
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, FileNotFoundError, ValueError, NotImplementedError,
-          tfds.core.registered.DatasetNotFoundError) as error:
+  except (
+    AssertionError,
+    FileNotFoundError,
+    ValueError,
+    NotImplementedError,
+    tfds.core.registered.DatasetNotFoundError,
+  ) as error:
     first_line = (str(error).strip().splitlines() or [""])[0]
     raise FileNotFoundError(
-        f"dataset {name}{f' split {split!r}' if split else ''} cannot be read from {data_dir} "
-        f"({type(error).__name__}: {first_line}); {how}") from None
+      f"dataset {name}{f' split {split!r}' if split else ''} cannot be read from {data_dir} "
+      f"({type(error).__name__}: {first_line}); {how}"
+    ) from None

@@ -87,47 +87,47 @@ from flax import nnx
 from jax import lax
 
 __all__ = [
-    "ACTIVATIONS",
-    "Conv",
-    "IM2COL_MAX_OUTPUT_PIXELS",
-    "SMALL_SPATIAL_MAX",
-    "activation",
-    "conv_general_dilated",
-    "avg_pool_2x2",
-    "compute_dtype",
-    "global_avg_pool",
-    "max_pool_2x2",
-    "max_pool_3x3_s2",
-    "pixel_shuffle",
-    "pool_2x2",
+  "ACTIVATIONS",
+  "Conv",
+  "IM2COL_MAX_OUTPUT_PIXELS",
+  "SMALL_SPATIAL_MAX",
+  "activation",
+  "conv_general_dilated",
+  "avg_pool_2x2",
+  "compute_dtype",
+  "global_avg_pool",
+  "max_pool_2x2",
+  "max_pool_3x3_s2",
+  "pixel_shuffle",
+  "pool_2x2",
 ]
 
 # ----------------------------------------------------------------------------- activations
 
 
 def _identity(x: jax.Array) -> jax.Array:
-    return x
+  return x
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "leaky_relu": jax.nn.leaky_relu,  # negative slope 0.01 (PyTorch default)
-    "swish": jax.nn.swish,  # = silu: x * sigmoid(x)
-    "silu": jax.nn.silu,
-    "gelu": jax.nn.gelu,
-    "elu": jax.nn.elu,
-    "sigmoid": jax.nn.sigmoid,
-    "identity": _identity,
-    "linear": _identity,
+  "relu": jax.nn.relu,
+  "tanh": jnp.tanh,
+  "leaky_relu": jax.nn.leaky_relu,  # negative slope 0.01 (PyTorch default)
+  "swish": jax.nn.swish,  # = silu: x * sigmoid(x)
+  "silu": jax.nn.silu,
+  "gelu": jax.nn.gelu,
+  "elu": jax.nn.elu,
+  "sigmoid": jax.nn.sigmoid,
+  "identity": _identity,
+  "linear": _identity,
 }
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation function called ``name`` (case-insensitive); ValueError if unknown."""
-    if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name.lower()]
+  """The activation function called ``name`` (case-insensitive); ValueError if unknown."""
+  if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name.lower()]
 
 
 # ----------------------------------------------------------------------------- precision
@@ -136,148 +136,151 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def compute_dtype(value) -> jnp.dtype:
-    """The activation / matmul dtype named by ``value`` ("float32" | "bfloat16" | "float16", a
-    numpy / jax dtype, or None for float32). Parameters stay float32 whatever this is."""
-    if value is None:
-        return jnp.dtype(jnp.float32)
-    try:
-        dtype = jnp.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in COMPUTE_DTYPES:
-        raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {value!r}")
-    return dtype
+  """The activation / matmul dtype named by ``value`` ("float32" | "bfloat16" | "float16", a
+  numpy / jax dtype, or None for float32). Parameters stay float32 whatever this is."""
+  if value is None:
+    return jnp.dtype(jnp.float32)
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.name not in COMPUTE_DTYPES:
+    raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {value!r}")
+  return dtype
 
 
 # ----------------------------------------------------------------------------- pooling
 
 
 def _check_spatial(x: jax.Array, name: str, min_size: int) -> tuple[int, int]:
-    if x.ndim < 3:
-        raise ValueError(f"{name} expects (..., H, W, C) inputs, got shape {x.shape}")
-    h, w = x.shape[-3], x.shape[-2]
-    if h < min_size or w < min_size:
-        raise ValueError(f"{name} needs H, W >= {min_size}, got shape {x.shape}")
-    return h, w
+  if x.ndim < 3:
+    raise ValueError(f"{name} expects (..., H, W, C) inputs, got shape {x.shape}")
+  h, w = x.shape[-3], x.shape[-2]
+  if h < min_size or w < min_size:
+    raise ValueError(f"{name} needs H, W >= {min_size}, got shape {x.shape}")
+  return h, w
 
 
 def _windows_2x2(x: jax.Array, name: str) -> tuple[jax.Array, ...]:
-    """The four entries of every 2x2 window, each (..., H//2, W//2, C); odd H/W cropped."""
-    h, w = _check_spatial(x, name, 2)
-    h2, w2 = h // 2, w // 2
-    lead, c = x.shape[:-3], x.shape[-1]
-    if h != 2 * h2 or w != 2 * w2:
-        x = x[..., : 2 * h2, : 2 * w2, :]
-    y = x.reshape(*lead, h2, 2, w2, 2, c)
-    return y[..., 0, :, 0, :], y[..., 0, :, 1, :], y[..., 1, :, 0, :], y[..., 1, :, 1, :]
+  """The four entries of every 2x2 window, each (..., H//2, W//2, C); odd H/W cropped."""
+  h, w = _check_spatial(x, name, 2)
+  h2, w2 = h // 2, w // 2
+  lead, c = x.shape[:-3], x.shape[-1]
+  if h != 2 * h2 or w != 2 * w2:
+    x = x[..., : 2 * h2, : 2 * w2, :]
+  y = x.reshape(*lead, h2, 2, w2, 2, c)
+  return y[..., 0, :, 0, :], y[..., 0, :, 1, :], y[..., 1, :, 0, :], y[..., 1, :, 1, :]
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2, VALID (odd H/W: last row/column dropped). x: (..., H, W, C)."""
-    a, b, c, d = _windows_2x2(x, "max_pool_2x2")
-    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  """2x2 max-pool, stride 2, VALID (odd H/W: last row/column dropped). x: (..., H, W, C)."""
+  a, b, c, d = _windows_2x2(x, "max_pool_2x2")
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 average-pool, stride 2, VALID (odd H/W: last row/column dropped). x: (..., H, W, C)."""
-    a, b, c, d = _windows_2x2(x, "avg_pool_2x2")
-    return ((a + b) + (c + d)) * 0.25
+  """2x2 average-pool, stride 2, VALID (odd H/W: last row/column dropped). x: (..., H, W, C)."""
+  a, b, c, d = _windows_2x2(x, "avg_pool_2x2")
+  return ((a + b) + (c + d)) * 0.25
 
 
 def pool_2x2(kind: str | None) -> Callable[[jax.Array], jax.Array] | None:
-    """The 2x2 pool called ``kind`` ("max", "avg"), or None for ``None`` / "none"."""
-    if kind is None or kind == "none":
-        return None
-    if kind == "max":
-        return max_pool_2x2
-    if kind == "avg":
-        return avg_pool_2x2
-    raise ValueError(f"unknown pool {kind!r}; choose 'max', 'avg' or None")
+  """The 2x2 pool called ``kind`` ("max", "avg"), or None for ``None`` / "none"."""
+  if kind is None or kind == "none":
+    return None
+  if kind == "max":
+    return max_pool_2x2
+  if kind == "avg":
+    return avg_pool_2x2
+  raise ValueError(f"unknown pool {kind!r}; choose 'max', 'avg' or None")
 
 
 def _windows_3x3_s2(x: jax.Array) -> list[jax.Array]:
-    """The nine (..., ceil(H/2), ceil(W/2), C) strided slices of the -inf padded input, in
-    row-major window order."""
-    h, w = x.shape[-3], x.shape[-2]
-    ho, wo = (h + 1) // 2, (w + 1) // 2
-    pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
-    xp = jnp.pad(x, pad, constant_values=-jnp.inf)
-    return [xp[..., di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :] for di in range(3) for dj in range(3)]
+  """The nine (..., ceil(H/2), ceil(W/2), C) strided slices of the -inf padded input, in
+  row-major window order."""
+  h, w = x.shape[-3], x.shape[-2]
+  ho, wo = (h + 1) // 2, (w + 1) // 2
+  pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+  xp = jnp.pad(x, pad, constant_values=-jnp.inf)
+  return [xp[..., di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :] for di in range(3) for dj in range(3)]
 
 
 def _max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
-    out = None
-    for s in _windows_3x3_s2(x):
-        out = s if out is None else jnp.maximum(out, s)
-    return out
+  out = None
+  for s in _windows_3x3_s2(x):
+    out = s if out is None else jnp.maximum(out, s)
+  return out
 
 
 @jax.custom_vjp
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    return _max_pool_3x3_s2_plain(x)
+  return _max_pool_3x3_s2_plain(x)
 
 
 def _max_pool_3x3_s2_fwd(x):
-    out = _max_pool_3x3_s2_plain(x)
-    return out, (x, out)
+  out = _max_pool_3x3_s2_plain(x)
+  return out, (x, out)
 
 
 def _max_pool_3x3_s2_bwd(res, g):
-    # Each window's gradient goes to its first maximum in row-major order (what reduce_window's
-    # select_and_scatter picks), scattered back with strided (interior) pads that XLA fuses.
-    x, out = res
-    h, w = x.shape[-3], x.shape[-2]
-    windows = _windows_3x3_s2(x)
-    first = jnp.full(out.shape, 8, jnp.int8)
-    for k in range(7, -1, -1):
-        first = jnp.where(windows[k] == out, jnp.int8(k), first)
-    zero = jnp.zeros((), g.dtype)
-    dxp = None
-    ho, wo = out.shape[-3], out.shape[-2]
-    lead = [(0, 0, 0)] * (x.ndim - 3)
-    for k in range(9):
-        di, dj = divmod(k, 3)
-        part = lax.pad(jnp.where(first == k, g, zero), zero,
-                       lead + [(di, h + 2 - di - (2 * ho - 1), 1), (dj, w + 2 - dj - (2 * wo - 1), 1), (0, 0, 0)])
-        dxp = part if dxp is None else dxp + part
-    return (dxp[..., 1 : h + 1, 1 : w + 1, :],)
+  # Each window's gradient goes to its first maximum in row-major order (what reduce_window's
+  # select_and_scatter picks), scattered back with strided (interior) pads that XLA fuses.
+  x, out = res
+  h, w = x.shape[-3], x.shape[-2]
+  windows = _windows_3x3_s2(x)
+  first = jnp.full(out.shape, 8, jnp.int8)
+  for k in range(7, -1, -1):
+    first = jnp.where(windows[k] == out, jnp.int8(k), first)
+  zero = jnp.zeros((), g.dtype)
+  dxp = None
+  ho, wo = out.shape[-3], out.shape[-2]
+  lead = [(0, 0, 0)] * (x.ndim - 3)
+  for k in range(9):
+    di, dj = divmod(k, 3)
+    part = lax.pad(
+      jnp.where(first == k, g, zero),
+      zero,
+      lead + [(di, h + 2 - di - (2 * ho - 1), 1), (dj, w + 2 - dj - (2 * wo - 1), 1), (0, 0, 0)],
+    )
+    dxp = part if dxp is None else dxp + part
+  return (dxp[..., 1 : h + 1, 1 : w + 1, :],)
 
 
 _max_pool_3x3_s2.defvjp(_max_pool_3x3_s2_fwd, _max_pool_3x3_s2_bwd)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """3x3 max-pool, stride 2, padding 1 each side (ResNet stem). (..., H, W, C) ->
-    (..., ceil(H/2), ceil(W/2), C). Padding is -inf, so padded cells never win."""
-    _check_spatial(x, "max_pool_3x3_s2", 1)
-    return _max_pool_3x3_s2(x)
+  """3x3 max-pool, stride 2, padding 1 each side (ResNet stem). (..., H, W, C) ->
+  (..., ceil(H/2), ceil(W/2), C). Padding is -inf, so padded cells never win."""
+  _check_spatial(x, "max_pool_3x3_s2", 1)
+  return _max_pool_3x3_s2(x)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-    """Mean over the spatial axes: (..., H, W, C) -> (..., C)."""
-    _check_spatial(x, "global_avg_pool", 1)
-    return jnp.mean(x, axis=(-3, -2))
+  """Mean over the spatial axes: (..., H, W, C) -> (..., C)."""
+  _check_spatial(x, "global_avg_pool", 1)
+  return jnp.mean(x, axis=(-3, -2))
 
 
 # ----------------------------------------------------------------------------- upsampling
 
 
 def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
-    """Depth-to-space: (..., H, W, C*r*r) -> (..., H*r, W*r, C), PyTorch ``PixelShuffle`` order
-    (input channel ``c*r*r + i*r + j`` -> output channel ``c`` at ``(h*r + i, w*r + j)``)."""
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"pixel_shuffle factor r must be a positive int, got {r!r}")
-    if x.ndim < 3:
-        raise ValueError(f"pixel_shuffle expects (..., H, W, C) inputs, got shape {x.shape}")
-    *lead, h, w, cr = x.shape
-    if cr % (r * r):
-        raise ValueError(f"pixel_shuffle: channels {cr} not divisible by r*r = {r * r}")
-    c = cr // (r * r)
-    n = len(lead)
-    y = x.reshape(*lead, h, w, c, r, r)
-    # (..., h, w, c, i, j) -> (..., h, i, w, j, c)
-    y = jnp.transpose(y, (*range(n), n, n + 3, n + 1, n + 4, n + 2))
-    return y.reshape(*lead, h * r, w * r, c)
+  """Depth-to-space: (..., H, W, C*r*r) -> (..., H*r, W*r, C), PyTorch ``PixelShuffle`` order
+  (input channel ``c*r*r + i*r + j`` -> output channel ``c`` at ``(h*r + i, w*r + j)``)."""
+  if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    raise ValueError(f"pixel_shuffle factor r must be a positive int, got {r!r}")
+  if x.ndim < 3:
+    raise ValueError(f"pixel_shuffle expects (..., H, W, C) inputs, got shape {x.shape}")
+  *lead, h, w, cr = x.shape
+  if cr % (r * r):
+    raise ValueError(f"pixel_shuffle: channels {cr} not divisible by r*r = {r * r}")
+  c = cr // (r * r)
+  n = len(lead)
+  y = x.reshape(*lead, h, w, c, r, r)
+  # (..., h, w, c, i, j) -> (..., h, i, w, j, c)
+  y = jnp.transpose(y, (*range(n), n, n + 3, n + 1, n + 4, n + 2))
+  return y.reshape(*lead, h * r, w * r, c)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -294,118 +297,153 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), o
 
 
 def _all_ones(values: Sequence[int] | None) -> bool:
-    return values is None or all(v == 1 for v in values)
+  return values is None or all(v == 1 for v in values)
 
 
 def _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type):
-    """NHWC x HWIO conv as patches @ kernel. pads: ((top, bottom), (left, right))."""
-    n, h, w, c = lhs.shape
-    kh, kw, _, out = rhs.shape
-    (pt, pb), (pl, pr) = pads
-    sh, sw = strides
-    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"conv output would be empty: input {lhs.shape}, kernel {rhs.shape}")
-    # Negative padding (cropping) is allowed by lax; lax.pad handles both signs.
-    xp = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-    patches = [xp[:, i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw, :]
-               for i in range(kh) for j in range(kw)]
-    cols = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
-    return jnp.einsum("nhwk,ko->nhwo", cols, rhs.reshape(kh * kw * c, out), precision=precision,
-                      preferred_element_type=preferred_element_type)
+  """NHWC x HWIO conv as patches @ kernel. pads: ((top, bottom), (left, right))."""
+  n, h, w, c = lhs.shape
+  kh, kw, _, out = rhs.shape
+  (pt, pb), (pl, pr) = pads
+  sh, sw = strides
+  oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+  if oh < 1 or ow < 1:
+    raise ValueError(f"conv output would be empty: input {lhs.shape}, kernel {rhs.shape}")
+  # Negative padding (cropping) is allowed by lax; lax.pad handles both signs.
+  xp = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+  patches = [
+    xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)
+  ]
+  cols = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
+  return jnp.einsum(
+    "nhwk,ko->nhwo",
+    cols,
+    rhs.reshape(kh * kw * c, out),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None, out_sharding=None):
-    """``jax.lax.conv_general_dilated`` with fast paths for 2-D NHWC/HWIO convs (as ``nnx.Conv``
-    builds them), undilated and ungrouped: im2col + matmul when the input map has
-    ``H * W <= SMALL_SPATIAL_MAX`` or the output map at most ``IM2COL_MAX_OUTPUT_PIXELS`` pixels;
-    on CPU, a matmul kernel gradient for 1x1 convs and when the input map has
-    ``>= KERNEL_GRAD_MIN_PIXELS`` pixels and the output ``>= KERNEL_GRAD_MIN_FEATURES`` channels;
-    otherwise ``lax.conv_general_dilated``.
-    """
-    plain = (
-        lhs.ndim == 4 and rhs.ndim == 4
-        and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
-        and feature_group_count == 1 and batch_group_count == 1
-        and out_sharding is None
-        and (dimension_numbers == _NHWC
-             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+  out_sharding=None,
+):
+  """``jax.lax.conv_general_dilated`` with fast paths for 2-D NHWC/HWIO convs (as ``nnx.Conv``
+  builds them), undilated and ungrouped: im2col + matmul when the input map has
+  ``H * W <= SMALL_SPATIAL_MAX`` or the output map at most ``IM2COL_MAX_OUTPUT_PIXELS`` pixels;
+  on CPU, a matmul kernel gradient for 1x1 convs and when the input map has
+  ``>= KERNEL_GRAD_MIN_PIXELS`` pixels and the output ``>= KERNEL_GRAD_MIN_FEATURES`` channels;
+  otherwise ``lax.conv_general_dilated``.
+  """
+  plain = (
+    lhs.ndim == 4
+    and rhs.ndim == 4
+    and _all_ones(lhs_dilation)
+    and _all_ones(rhs_dilation)
+    and feature_group_count == 1
+    and batch_group_count == 1
+    and out_sharding is None
+    and (dimension_numbers == _NHWC or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+  )
+  if plain:
+    strides = tuple(window_strides)
+    pads = (
+      lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+      if isinstance(padding, str)
+      else tuple(tuple(p) for p in padding)
     )
-    if plain:
-        strides = tuple(window_strides)
-        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-                if isinstance(padding, str) else tuple(tuple(p) for p in padding))
-        oh = (lhs.shape[1] + pads[0][0] + pads[0][1] - rhs.shape[0]) // strides[0] + 1
-        ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
-        if _small_spatial(lhs.shape) or (oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS):
-            return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
-        if (jax.default_backend() == "cpu" and precision is None and preferred_element_type is None
-                and lhs.dtype == rhs.dtype
-                and ((lhs.shape[1] * lhs.shape[2] >= KERNEL_GRAD_MIN_PIXELS
-                      and rhs.shape[3] >= KERNEL_GRAD_MIN_FEATURES)
-                     or (KERNEL_GRAD_1X1 and rhs.shape[:2] == (1, 1)))):
-            return _conv_matmul_kernel_grad(lhs, rhs, strides, pads)
-    kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type, **kwargs)
+    oh = (lhs.shape[1] + pads[0][0] + pads[0][1] - rhs.shape[0]) // strides[0] + 1
+    ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
+    if _small_spatial(lhs.shape) or (oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS):
+      return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+    if (
+      jax.default_backend() == "cpu"
+      and precision is None
+      and preferred_element_type is None
+      and lhs.dtype == rhs.dtype
+      and (
+        (lhs.shape[1] * lhs.shape[2] >= KERNEL_GRAD_MIN_PIXELS and rhs.shape[3] >= KERNEL_GRAD_MIN_FEATURES)
+        or (KERNEL_GRAD_1X1 and rhs.shape[:2] == (1, 1))
+      )
+    ):
+      return _conv_matmul_kernel_grad(lhs, rhs, strides, pads)
+  kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    **kwargs,
+  )
 
 
 def _xla_conv(lhs, rhs, strides, pads):
-    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC)
+  return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_matmul_kernel_grad(lhs, rhs, strides, pads):
-    return _xla_conv(lhs, rhs, strides, pads)
+  return _xla_conv(lhs, rhs, strides, pads)
 
 
 def _conv_matmul_kernel_grad_fwd(lhs, rhs, strides, pads):
-    return _xla_conv(lhs, rhs, strides, pads), (lhs, rhs)
+  return _xla_conv(lhs, rhs, strides, pads), (lhs, rhs)
 
 
 def _kernel_grad(x, g, kernel_shape, strides, pads):
-    """d(sum(conv(x, k) * g)) / dk for NHWC x, g as matmuls contracting (N, H, W) - no
-    transposes. One matmul per kernel tap, or per kernel row (taps concatenated along channels)
-    when the input has few channels (tiny contractions are inefficient)."""
-    kh, kw, ci, co = kernel_shape
-    _, oh, ow, _ = g.shape
-    (pt, pb), (pl, pr) = pads
-    sh, sw = strides
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-    tap = lambda i, j: xp[:, i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw, :]  # noqa: E731
-    contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
-    if ci < KERNEL_GRAD_ROW_MAX_CHANNELS:
-        parts = [lax.dot_general(jnp.concatenate([tap(i, j) for j in range(kw)], axis=-1), g, contract)
-                 for i in range(kh)]
-    else:
-        parts = [lax.dot_general(tap(i, j), g, contract) for i in range(kh) for j in range(kw)]
-    return jnp.stack(parts).reshape(kernel_shape)
+  """d(sum(conv(x, k) * g)) / dk for NHWC x, g as matmuls contracting (N, H, W) - no
+  transposes. One matmul per kernel tap, or per kernel row (taps concatenated along channels)
+  when the input has few channels (tiny contractions are inefficient)."""
+  kh, kw, ci, co = kernel_shape
+  _, oh, ow, _ = g.shape
+  (pt, pb), (pl, pr) = pads
+  sh, sw = strides
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+  tap = lambda i, j: xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]  # noqa: E731
+  contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
+  if ci < KERNEL_GRAD_ROW_MAX_CHANNELS:
+    parts = [lax.dot_general(jnp.concatenate([tap(i, j) for j in range(kw)], axis=-1), g, contract) for i in range(kh)]
+  else:
+    parts = [lax.dot_general(tap(i, j), g, contract) for i in range(kh) for j in range(kw)]
+  return jnp.stack(parts).reshape(kernel_shape)
 
 
 def _conv_matmul_kernel_grad_bwd(strides, pads, res, g):
-    lhs, rhs = res
-    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads), lhs)
-    (dx,) = input_vjp(g)
-    return dx, _kernel_grad(lhs, g, rhs.shape, strides, pads).astype(rhs.dtype)
+  lhs, rhs = res
+  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, rhs, strides, pads), lhs)
+  (dx,) = input_vjp(g)
+  return dx, _kernel_grad(lhs, g, rhs.shape, strides, pads).astype(rhs.dtype)
 
 
 _conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
 
 
 def _small_spatial(shape: Sequence[int]) -> bool:
-    """Whether an NHWC input of this shape takes the im2col path."""
-    return shape[1] * shape[2] <= SMALL_SPATIAL_MAX
+  """Whether an NHWC input of this shape takes the im2col path."""
+  return shape[1] * shape[2] <= SMALL_SPATIAL_MAX
 
 
 class Conv(nnx.Conv):
-    """``nnx.Conv`` whose convolution is ``conv_general_dilated`` above (same parameters, same
-    results; fast on tiny feature maps). Any ``nnx.Conv`` argument is accepted."""
+  """``nnx.Conv`` whose convolution is ``conv_general_dilated`` above (same parameters, same
+  results; fast on tiny feature maps). Any ``nnx.Conv`` argument is accepted."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("conv_general_dilated", conv_general_dilated)
-        super().__init__(*args, **kwargs)
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("conv_general_dilated", conv_general_dilated)
+    super().__init__(*args, **kwargs)

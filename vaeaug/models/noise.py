@@ -43,92 +43,98 @@ MASK_FILL = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class NoiseConfig:
-    """What ``corrupt`` does. Invalid values raise ``ValueError`` (naming the field) on creation.
+  """What ``corrupt`` does. Invalid values raise ``ValueError`` (naming the field) on creation.
 
-    Attributes:
-      kind: "gaussian" | "salt_pepper" | "masking".
-      sigma: std of the additive Gaussian noise (images in [0, 1]); result clipped to [0, 1].
-      p: salt-and-pepper fraction of pixels replaced (half by 0, half by 1; all channels of a
-        pixel together), in [0, 1].
-      mask_fraction: masking: area fraction, in [0, 1], of the one rectangle erased per image
-        (filled with 0.5).
-    """
+  Attributes:
+    kind: "gaussian" | "salt_pepper" | "masking".
+    sigma: std of the additive Gaussian noise (images in [0, 1]); result clipped to [0, 1].
+    p: salt-and-pepper fraction of pixels replaced (half by 0, half by 1; all channels of a
+      pixel together), in [0, 1].
+    mask_fraction: masking: area fraction, in [0, 1], of the one rectangle erased per image
+      (filled with 0.5).
+  """
 
-    kind: str = "gaussian"
-    sigma: float = 0.1
-    p: float = 0.05
-    mask_fraction: float = 0.25
+  kind: str = "gaussian"
+  sigma: float = 0.1
+  p: float = 0.05
+  mask_fraction: float = 0.25
 
-    def __post_init__(self):
-        self.validate()
+  def __post_init__(self):
+    self.validate()
 
-    def validate(self) -> None:
-        if self.kind not in NOISE_KINDS:
-            raise ValueError(f"NoiseConfig.kind must be one of {NOISE_KINDS}, got {self.kind!r}")
-        checks = (("sigma", 0.0, math.inf), ("p", 0.0, 1.0), ("mask_fraction", 0.0, 1.0))
-        for name, lo, hi in checks:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not lo <= value <= hi:
-                bounds = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
-                raise ValueError(f"NoiseConfig.{name} must be a finite number {bounds}, got {value!r}")
+  def validate(self) -> None:
+    if self.kind not in NOISE_KINDS:
+      raise ValueError(f"NoiseConfig.kind must be one of {NOISE_KINDS}, got {self.kind!r}")
+    checks = (("sigma", 0.0, math.inf), ("p", 0.0, 1.0), ("mask_fraction", 0.0, 1.0))
+    for name, lo, hi in checks:
+      value = getattr(self, name)
+      if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+      ):
+        bounds = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+        raise ValueError(f"NoiseConfig.{name} must be a finite number {bounds}, got {value!r}")
 
 
 def _check_images(images: jax.Array) -> None:
-    if images.ndim != 4:
-        raise ValueError(f"corrupt expects NHWC images (N, H, W, C), got shape {images.shape}")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"corrupt expects float images in [0, 1], got dtype {images.dtype} "
-                         "(convert uint8 with vaeaug.data.pipeline.to_float first)")
+  if images.ndim != 4:
+    raise ValueError(f"corrupt expects NHWC images (N, H, W, C), got shape {images.shape}")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(
+      f"corrupt expects float images in [0, 1], got dtype {images.dtype} "
+      "(convert uint8 with vaeaug.data.pipeline.to_float first)"
+    )
 
 
 def _gaussian(images, key, sigma):
-    if sigma == 0:
-        return images
-    noise = jax.random.normal(key, images.shape, jnp.float32) * sigma
-    return jnp.clip(images + noise.astype(images.dtype), 0.0, 1.0)
+  if sigma == 0:
+    return images
+  noise = jax.random.normal(key, images.shape, jnp.float32) * sigma
+  return jnp.clip(images + noise.astype(images.dtype), 0.0, 1.0)
 
 
 def _salt_pepper(images, key, p):
-    if p == 0:
-        return images
-    n, h, w, _ = images.shape
-    u = jax.random.uniform(key, (n, h, w, 1))
-    out = jnp.where(u < p / 2, jnp.zeros((), images.dtype), images)
-    return jnp.where((u >= p / 2) & (u < p), jnp.ones((), images.dtype), out)
+  if p == 0:
+    return images
+  n, h, w, _ = images.shape
+  u = jax.random.uniform(key, (n, h, w, 1))
+  out = jnp.where(u < p / 2, jnp.zeros((), images.dtype), images)
+  return jnp.where((u >= p / 2) & (u < p), jnp.ones((), images.dtype), out)
 
 
 def _masking(images, key, fraction):
-    if fraction == 0:
-        return images
-    n, h, w, _ = images.shape
-    k_ratio, k_top, k_left = jax.random.split(key, 3)
-    lo, hi = math.log(max(fraction, 1 / 3)), math.log(min(1 / fraction, 3.0))
-    ratio = jnp.exp(jax.random.uniform(k_ratio, (n,), minval=lo, maxval=hi))  # mask h / w
-    mh = jnp.clip(jnp.round(jnp.sqrt(fraction * ratio) * h), 0, h).astype(jnp.int32)
-    mw = jnp.clip(jnp.round(jnp.sqrt(fraction / ratio) * w), 0, w).astype(jnp.int32)
-    # uniform position among the (h - mh + 1) x (w - mw + 1) positions where it fits
-    top = jnp.floor(jax.random.uniform(k_top, (n,)) * (h - mh + 1)).astype(jnp.int32)
-    left = jnp.floor(jax.random.uniform(k_left, (n,)) * (w - mw + 1)).astype(jnp.int32)
-    rows, cols = jnp.arange(h), jnp.arange(w)
-    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < (top + mh)[:, None])  # (n, h)
-    in_cols = (cols[None, :] >= left[:, None]) & (cols[None, :] < (left + mw)[:, None])  # (n, w)
-    mask = in_rows[:, :, None, None] & in_cols[:, None, :, None]
-    return jnp.where(mask, jnp.asarray(MASK_FILL, images.dtype), images)
+  if fraction == 0:
+    return images
+  n, h, w, _ = images.shape
+  k_ratio, k_top, k_left = jax.random.split(key, 3)
+  lo, hi = math.log(max(fraction, 1 / 3)), math.log(min(1 / fraction, 3.0))
+  ratio = jnp.exp(jax.random.uniform(k_ratio, (n,), minval=lo, maxval=hi))  # mask h / w
+  mh = jnp.clip(jnp.round(jnp.sqrt(fraction * ratio) * h), 0, h).astype(jnp.int32)
+  mw = jnp.clip(jnp.round(jnp.sqrt(fraction / ratio) * w), 0, w).astype(jnp.int32)
+  # uniform position among the (h - mh + 1) x (w - mw + 1) positions where it fits
+  top = jnp.floor(jax.random.uniform(k_top, (n,)) * (h - mh + 1)).astype(jnp.int32)
+  left = jnp.floor(jax.random.uniform(k_left, (n,)) * (w - mw + 1)).astype(jnp.int32)
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < (top + mh)[:, None])  # (n, h)
+  in_cols = (cols[None, :] >= left[:, None]) & (cols[None, :] < (left + mw)[:, None])  # (n, w)
+  mask = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+  return jnp.where(mask, jnp.asarray(MASK_FILL, images.dtype), images)
 
 
 def corrupt(images: jax.Array, key: jax.Array, config: NoiseConfig) -> jax.Array:
-    """Corrupted copy of float NHWC ``images`` in [0, 1] (same shape / dtype), see module doc.
+  """Corrupted copy of float NHWC ``images`` in [0, 1] (same shape / dtype), see module doc.
 
-    ``config`` must be a ``NoiseConfig`` (validated here too); ``key`` a ``jax.random`` key.
-    """
-    if not isinstance(config, NoiseConfig):
-        raise ValueError(f"config must be a NoiseConfig, got {type(config).__name__}")
-    config.validate()
-    images = jnp.asarray(images)
-    _check_images(images)
-    if config.kind == "gaussian":
-        return _gaussian(images, key, float(config.sigma))
-    if config.kind == "salt_pepper":
-        return _salt_pepper(images, key, float(config.p))
-    return _masking(images, key, float(config.mask_fraction))
+  ``config`` must be a ``NoiseConfig`` (validated here too); ``key`` a ``jax.random`` key.
+  """
+  if not isinstance(config, NoiseConfig):
+    raise ValueError(f"config must be a NoiseConfig, got {type(config).__name__}")
+  config.validate()
+  images = jnp.asarray(images)
+  _check_images(images)
+  if config.kind == "gaussian":
+    return _gaussian(images, key, float(config.sigma))
+  if config.kind == "salt_pepper":
+    return _salt_pepper(images, key, float(config.p))
+  return _masking(images, key, float(config.mask_fraction))

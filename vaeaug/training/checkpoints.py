@@ -35,8 +35,10 @@ class CheckpointMismatchError(ValueError):
 def _is_mismatch(error: Exception) -> bool:
   text = str(error)
   return isinstance(error, ValueError) and (
-      "Structure mismatch" in text or "not compatible with the stored shape" in text
-      or "tree structures do not match" in text)
+    "Structure mismatch" in text
+    or "not compatible with the stored shape" in text
+    or "tree structures do not match" in text
+  )
 
 
 _MAX_JSON_BYTES = 1 << 20
@@ -68,14 +70,20 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
     self.directory = Path(directory).absolute()
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "best", "loop"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+      self.directory,
+      item_names=("state", "best", "loop"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
 
   def save(self, step: int, state, best, loop: dict) -> None:
     """Saves synchronously-visible state; `loop` is JSON (epoch, counters, early-stopping record)."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)),
-        force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)
+      ),
+      force=True,
+    )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -97,21 +105,27 @@ class Checkpointer:
         restored = self._restore(step, targets)
       except Exception as error:  # orbax and tensorstore raise many types for damaged files
         problem = self._diagnose(step, error, targets)
-        log.warning("checkpoint step %d in %s cannot be restored: %s; trying the previous step",
-                    step, self.directory, problem)
+        log.warning(
+          "checkpoint step %d in %s cannot be restored: %s; trying the previous step", step, self.directory, problem
+        )
         failed.append((step, problem, _is_mismatch(error)))
         continue
       if set_aside:
         self._set_aside([s for s, _, _ in failed])
       if failed:
-        log.warning("using checkpoint step %d of %s; newer step(s) unreadable: %s", step, self.directory,
-                    _listed(failed, set_aside))
+        log.warning(
+          "using checkpoint step %d of %s; newer step(s) unreadable: %s",
+          step,
+          self.directory,
+          _listed(failed, set_aside),
+        )
       return step, restored.state, restored.best, dict(restored.loop)
     if any(mismatch for _, _, mismatch in failed):
       # Most likely the config changed: starting over would discard the old run's checkpoints.
       raise CheckpointMismatchError(
-          f"{self.directory}: no checkpoint matches the model this run builds (changed config? use a new "
-          f"workdir): " + "; ".join(f"step {s}: {problem}" for s, problem, _ in failed))
+        f"{self.directory}: no checkpoint matches the model this run builds (changed config? use a new "
+        f"workdir): " + "; ".join(f"step {s}: {problem}" for s, problem, _ in failed)
+      )
     if set_aside:
       self._set_aside([s for s, _, _ in failed])
     if failed:
@@ -120,8 +134,10 @@ class Checkpointer:
 
   def _restore(self, step: int, targets: dict):
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-    args = {name: ocp.args.JsonRestore() if target is None else ocp.args.StandardRestore(abstract(target))
-            for name, target in targets.items()}
+    args = {
+      name: ocp.args.JsonRestore() if target is None else ocp.args.StandardRestore(abstract(target))
+      for name, target in targets.items()
+    }
     return self._manager.restore(step, args=ocp.args.Composite(**args))
 
   def _diagnose(self, step: int, error: Exception, targets: dict) -> str:
@@ -149,8 +165,9 @@ class Checkpointer:
       while len(chain) < 8 and (inner := _inner(chain[-1])) is not None:
         chain.append(inner)
       shown = " <- ".join(dict.fromkeys(_first_line(e) for e in (chain[0], chain[-1])))
-      found = {path.rstrip(".") for path in re.findall(re.escape(str(step_dir)) + _PATH_TAIL,
-                                                       "\n".join(str(e) for e in chain))}
+      found = {
+        path.rstrip(".") for path in re.findall(re.escape(str(step_dir)) + _PATH_TAIL, "\n".join(str(e) for e in chain))
+      }
       named = sorted(_relative(path, step_dir) for path in found if not Path(path).is_dir())
       parts.append(f"item '{name}' unreadable ({shown})" + (f", files named: {', '.join(named)}" if named else ""))
     # Orbax's metadata files are JSON: a cut or garbled one is named here even when the error is not.
@@ -189,8 +206,9 @@ class Checkpointer:
         try:
           source.rename(target)
         except OSError as error:
-          log.warning("cannot rename unreadable checkpoint %s (%s); the run may fail to save step %d",
-                      source, error, step)
+          log.warning(
+            "cannot rename unreadable checkpoint %s (%s); the run may fail to save step %d", source, error, step
+          )
     if many:
       multihost_utils.sync_global_devices("vaeaug_checkpoints_set_aside")
     if steps:

@@ -34,8 +34,11 @@ class MetricsWriter:
     if resume_step is None:
       self.path.write_text("")
     elif self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and _complete(line) and json.loads(line).get("step", 0) <= resume_step]
+      kept = [
+        line
+        for line in self.path.read_text().splitlines()
+        if line.strip() and _complete(line) and json.loads(line).get("step", 0) <= resume_step
+      ]
       self.path.write_text("".join(line + "\n" for line in kept))
 
   def write(self, record: dict) -> None:

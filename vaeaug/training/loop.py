@@ -34,16 +34,16 @@ PREFETCH_BATCHES = 2  # batches on their way to the devices ahead of the running
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   epochs: int
-  batch_size: int                      # global batch, split over devices and processes
+  batch_size: int  # global batch, split over devices and processes
   seed: int = 0
   log_every_steps: int = 20
-  checkpoint_every_steps: int = 0      # besides every epoch end; 0: epoch ends only
-  checkpoint_every_epochs: int = 1     # epoch-end saves every N epochs (and always the last)
+  checkpoint_every_steps: int = 0  # besides every epoch end; 0: epoch ends only
+  checkpoint_every_epochs: int = 1  # epoch-end saves every N epochs (and always the last)
   keep_checkpoints: int = 2
-  selection_metric: str = "loss"       # validation metric that picks the best epoch
-  selection_mode: str = "min"          # "min" or "max"
-  patience: int | None = None          # epochs without improvement before stopping; None: never
-  min_delta: float = 0.0               # improvement smaller than this does not count
+  selection_metric: str = "loss"  # validation metric that picks the best epoch
+  selection_mode: str = "min"  # "min" or "max"
+  patience: int | None = None  # epochs without improvement before stopping; None: never
+  min_delta: float = 0.0  # improvement smaller than this does not count
   progress: bool = True
 
   def __post_init__(self):
@@ -53,22 +53,32 @@ class LoopConfig:
       raise ValueError(f"selection_mode must be 'min' or 'max', got {self.selection_mode!r}")
     if self.checkpoint_every_steps % self.log_every_steps:
       # Log intervals must not straddle a checkpoint, or a resumed run would average differently.
-      raise ValueError(f"checkpoint_every_steps ({self.checkpoint_every_steps}) must be a multiple of "
-                       f"log_every_steps ({self.log_every_steps})")
+      raise ValueError(
+        f"checkpoint_every_steps ({self.checkpoint_every_steps}) must be a multiple of "
+        f"log_every_steps ({self.log_every_steps})"
+      )
     if self.checkpoint_every_epochs < 1:
       raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
     if self.patience is not None and self.patience < 1:
       raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
-
   @classmethod
-  def from_config(cls, config, batch_size: int, selection_metric: str, selection_mode: str) -> "LoopConfig":
+  def from_config(cls, config, batch_size: int, selection_metric: str, selection_mode: str) -> LoopConfig:
     """From an experiment config (experiments/configs/default.py fields)."""
-    return cls(epochs=config.epochs, batch_size=batch_size, seed=config.seed, log_every_steps=config.log_every_steps,
-               checkpoint_every_steps=config.checkpoint_every_steps,
-               checkpoint_every_epochs=config.checkpoint_every_epochs, keep_checkpoints=config.keep_checkpoints,
-               selection_metric=selection_metric, selection_mode=selection_mode, patience=config.patience,
-               min_delta=config.min_delta, progress=config.progress)
+    return cls(
+      epochs=config.epochs,
+      batch_size=batch_size,
+      seed=config.seed,
+      log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      checkpoint_every_epochs=config.checkpoint_every_epochs,
+      keep_checkpoints=config.keep_checkpoints,
+      selection_metric=selection_metric,
+      selection_mode=selection_mode,
+      patience=config.patience,
+      min_delta=config.min_delta,
+      progress=config.progress,
+    )
 
 
 def fitting_batch_size(requested: int, num_examples: int, mesh) -> int:
@@ -80,10 +90,10 @@ def fitting_batch_size(requested: int, num_examples: int, mesh) -> int:
 
 @dataclasses.dataclass
 class FitResult:
-  state: object                        # train state holding the best-on-validation parameters
-  best_epoch: int                      # 0-based
+  state: object  # train state holding the best-on-validation parameters
+  best_epoch: int  # 0-based
   best_value: float
-  history: list[dict]                  # validation metrics per evaluated epoch
+  history: list[dict]  # validation metrics per evaluated epoch
   stopped_early: bool
   steps: int
   resumed_from: int | None
@@ -103,9 +113,14 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float) -> 
   return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
-_all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray(
-    [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    or [True])))
+_all_finite = jax.jit(
+  lambda tree: jnp.all(
+    jnp.asarray(
+      [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+      or [True]
+    )
+  )
+)
 
 
 def _first_nonfinite(value) -> float:
@@ -124,8 +139,16 @@ def _nonfinite_leaves(tree, limit: int = 3) -> list[str]:
   return found
 
 
-def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_data, config: LoopConfig,
-        workdir: str | Path, *, mesh=None) -> FitResult:
+def fit(
+  state,
+  train_step: Callable,
+  evaluate: Callable[[object], dict],
+  train_data,
+  config: LoopConfig,
+  workdir: str | Path,
+  *,
+  mesh=None,
+) -> FitResult:
   """Train `state` on `train_data` (an ArrayDataset or {"image", "label"} arrays) in `workdir`."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -141,8 +164,15 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
 
   state = sharding.replicate(state, mesh)
   best = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
-  record = {"epochs_done": 0, "best_value": None, "best_epoch": -1, "bad_epochs": 0,
-            "history": [], "stopped_early": False, "finished": False}
+  record = {
+    "epochs_done": 0,
+    "best_value": None,
+    "best_epoch": -1,
+    "bad_epochs": 0,
+    "history": [],
+    "stopped_early": False,
+    "finished": False,
+  }
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(state, best)
   resumed_from = None
@@ -150,8 +180,11 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
     resumed_from, state, best, record = restored
     state, best = sharding.replicate(state, mesh), sharding.replicate(best, mesh)
     if config.progress and is_chief:
-      print(f"resuming {workdir} from checkpoint step {resumed_from} ({record['epochs_done']} epochs done)",
-            file=sys.stderr, flush=True)
+      print(
+        f"resuming {workdir} from checkpoint step {resumed_from} ({record['epochs_done']} epochs done)",
+        file=sys.stderr,
+        flush=True,
+      )
   writer = logs.MetricsWriter(workdir / "metrics.jsonl", resume_step=resumed_from, enabled=is_chief)
 
   step = int(state.step)
@@ -165,8 +198,10 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
     # non-finite without its metrics showing it (e.g. an optimizer statistic).
     tree = {"params": state.params, "model_state": state.model_state, "opt_state": state.opt_state, "best": best}
     if not bool(_all_finite(tree)):
-      raise NonFiniteError(f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
-                           f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}")
+      raise NonFiniteError(
+        f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
+        f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}"
+      )
     checkpointer.save(step_now, state, best, record)
     last_saved = step_now
 
@@ -182,8 +217,10 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
       bad = {name: value for name, value in values.items() if not np.all(np.isfinite(value))}
       if bad:  # the earliest bad step, with every quantity that went non-finite in it
         shown = ", ".join(f"{name} ({_first_nonfinite(value)})" for name, value in bad.items())
-        raise NonFiniteError(f"non-finite {shown} at step {s}; training stopped, last checkpoint: "
-                             f"{'none' if last_saved is None else f'step {last_saved}'}")
+        raise NonFiniteError(
+          f"non-finite {shown} at step {s}; training stopped, last checkpoint: "
+          f"{'none' if last_saved is None else f'step {last_saved}'}"
+        )
     elapsed = time.perf_counter() - interval_start
     mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
     rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")
@@ -196,8 +233,15 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
   start_batch = step - epoch * steps_per_epoch if not record["finished"] else 0
   while not record["finished"] and epoch < config.epochs:
     batches = pipeline.epoch_batches(
-        train_data, config.batch_size, seed=config.seed, epoch=epoch, remainder="drop",
-        start_batch=start_batch, process_index=jax.process_index(), process_count=jax.process_count())
+      train_data,
+      config.batch_size,
+      seed=config.seed,
+      epoch=epoch,
+      remainder="drop",
+      start_batch=start_batch,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     # The next batch is gathered and sent to the devices while this step runs.
     for batch in sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label")):
       state, metrics = train_step(state, batch, base_key)
@@ -227,8 +271,12 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
       record["bad_epochs"] += 1
     writer.write({"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]})
     if config.progress and is_chief:
-      print(f"epoch {epoch + 1}/{config.epochs} validation {config.selection_metric} {value:.4g} "
-            f"(best {record['best_value']:.4g} at epoch {record['best_epoch'] + 1})", file=sys.stderr, flush=True)
+      print(
+        f"epoch {epoch + 1}/{config.epochs} validation {config.selection_metric} {value:.4g} "
+        f"(best {record['best_value']:.4g} at epoch {record['best_epoch'] + 1})",
+        file=sys.stderr,
+        flush=True,
+      )
     epoch += 1
     record["epochs_done"] = epoch
     if config.patience is not None and record["bad_epochs"] >= config.patience:
@@ -244,6 +292,12 @@ def fit(state, train_step: Callable, evaluate: Callable[[object], dict], train_d
   if record["best_epoch"] < 0:
     raise NonFiniteError(f"validation {config.selection_metric} was never finite; no best epoch")
   best_state = state.replace(params=best["params"], model_state=best["model_state"])
-  return FitResult(state=best_state, best_epoch=record["best_epoch"], best_value=record["best_value"],
-                   history=record["history"], stopped_early=record["stopped_early"], steps=step,
-                   resumed_from=resumed_from)
+  return FitResult(
+    state=best_state,
+    best_epoch=record["best_epoch"],
+    best_value=record["best_value"],
+    history=record["history"],
+    stopped_early=record["stopped_early"],
+    steps=step,
+    resumed_from=resumed_from,
+  )

@@ -19,14 +19,16 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
   """`jax.distributed.initialize` (arguments come from the cluster environment when omitted:
   SLURM, TPU pods, Open MPI); on CPU, collectives go through gloo."""
   # Only affects CPU collectives; must be set before the backends start.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -55,12 +57,12 @@ def shard_batch(batch: dict, mesh) -> dict:
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in batch.items()}
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in batch.items()}
 
 
-def prefetch_to_device(batches: Iterable[dict], mesh, size: int = 2,
-                       keys: Sequence[str] | None = None) -> Iterator[dict]:
+def prefetch_to_device(
+  batches: Iterable[dict], mesh, size: int = 2, keys: Sequence[str] | None = None
+) -> Iterator[dict]:
   """`shard_batch` of each host batch of `batches`, transferred `size` batches ahead.
 
   When batch i is handed out, batches i+1 .. i+size-1 are already on their way to the devices
@@ -99,8 +101,10 @@ def shard_global_batch(batch: dict, mesh) -> dict:
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
-  return {key: jax.make_array_from_callback(np.shape(value), sharding, lambda index, v=np.asarray(value): v[index])
-          for key, value in batch.items()}
+  return {
+    key: jax.make_array_from_callback(np.shape(value), sharding, lambda index, v=np.asarray(value): v[index])
+    for key, value in batch.items()
+  }
 
 
 def fetch(tree):
@@ -108,4 +112,5 @@ def fetch(tree):
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils  # multi-host only
+
   return multihost_utils.process_allgather(tree, tiled=True)

@@ -18,6 +18,7 @@ class TrainState:
   statistics). Random numbers are not state: steps derive them from (seed, step), so a resumed run
   draws exactly what an uninterrupted one would.
   """
+
   step: jax.Array
   params: nnx.State
   model_state: nnx.State
@@ -28,16 +29,23 @@ class TrainState:
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.params, self.model_state)
 
-  def apply_gradients(self, grads, model_state) -> "TrainState":
+  def apply_gradients(self, grads, model_state) -> TrainState:
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        model_state=model_state, opt_state=opt_state)
+    return self.replace(
+      step=self.step + 1, params=optax.apply_updates(self.params, updates), model_state=model_state, opt_state=opt_state
+    )
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> TrainState:
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                    opt_state=tx.init(params), graphdef=graphdef, tx=tx)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=model_state,
+    opt_state=tx.init(params),
+    graphdef=graphdef,
+    tx=tx,
+  )
 
 
 def step_compiler_options(config) -> dict:
@@ -70,8 +78,8 @@ def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_step
     if warmup_steps == 0:
       return optax.constant_schedule(learning_rate)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, learning_rate, warmup_steps), optax.constant_schedule(learning_rate)],
-        [warmup_steps])
+      [optax.linear_schedule(0.0, learning_rate, warmup_steps), optax.constant_schedule(learning_rate)], [warmup_steps]
+    )
   if name == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps)
   if name == "onecycle":
@@ -79,8 +87,15 @@ def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_step
   raise ValueError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
 
 
-def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float = 0.0, momentum: float = 0.9,
-                   nesterov: bool = False, grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str,
+  schedule: optax.Schedule,
+  *,
+  weight_decay: float = 0.0,
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  grad_clip_norm: float | None = None,
+) -> optax.GradientTransformation:
   """An optax optimizer by name. `weight_decay` is decoupled for adamw and L2-style (added to the
   gradient before the update) for the others."""
   if name == "adam":
