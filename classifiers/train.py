@@ -7,7 +7,6 @@ best-on-validation parameters and writes `test_metrics.json` (and figures).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -24,15 +23,8 @@ from flax import nnx
 from classifiers import metrics as metrics_lib
 from classifiers import models
 from vaeaug.data import augment, pipeline
-from vaeaug.training import checkpoints, loop, sharding
-from vaeaug.training.state import (
-  TrainState,
-  create_train_state,
-  make_optimizer,
-  make_schedule,
-  split_model,
-  step_compiler_options,
-)
+from vaeaug.training import checkpoints, loop, run, sharding
+from vaeaug.training.state import TrainState, split_model, step_compiler_options
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +39,7 @@ def create_train_state_for(config: ml_collections.ConfigDict, num_classes: int, 
     dtype=config.get("compute_dtype", "float32"),
     **dict(config.model_overrides),
   )
-  total_steps = steps_per_epoch * config.epochs
-  schedule = make_schedule(
-    config.schedule, config.learning_rate, total_steps, warmup_steps=round(config.warmup_epochs * steps_per_epoch)
-  )
-  tx = make_optimizer(
-    config.optimizer,
-    schedule,
-    weight_decay=config.weight_decay,
-    momentum=config.momentum,
-    nesterov=config.nesterov,
-    grad_clip_norm=config.grad_clip_norm,
-  )
-  return create_train_state(model, tx)
+  return run.create_train_state(config, model, steps_per_epoch)
 
 
 def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -165,24 +145,12 @@ def weighted_log_loss(labels, probabilities, weights) -> float:
   return float(np.mean(-np.log(p) * weights[labels]))
 
 
-@dataclasses.dataclass
-class Data:
-  train: pipeline.ArrayDataset
-  validation: pipeline.ArrayDataset
-  test: pipeline.ArrayDataset
-
-  @property
-  def class_names(self):
-    return self.train.class_names
+Data = run.Data
 
 
 def load_data(config) -> Data:
-  splits = pipeline.load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-  seed = config.seed if config.data_seed is None else config.data_seed
-  train = splits["train"]
-  if config.n_per_class is not None:
-    train = pipeline.subsample(train, config.n_per_class, seed)
-  return Data(train=train, validation=splits["validation"], test=splits["test"])
+  """The real training images (`run.real_train`), validation and test splits of `config`."""
+  return run.load_data(config, test=True)
 
 
 def train_and_evaluate(
@@ -194,15 +162,12 @@ def train_and_evaluate(
   validation, so that only the chosen one ever reads the test split.
   """
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   data = data or load_data(config)
   num_classes = len(data.class_names)
-  checkpoints.write_run_files(workdir, config, data.class_names)
-  mesh = sharding.make_mesh(config.num_devices)
-  batch_size = loop.fitting_batch_size(config.batch_size, len(data.train), mesh)
-  steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
-  state = create_train_state_for(config, num_classes, steps_per_epoch)
+  setup = run.setup(config, workdir, data)
+  mesh = setup.mesh
+  state = create_train_state_for(config, num_classes, setup.steps_per_epoch)
   weights = class_weights(config.class_weights, data.train.labels, num_classes)
   augment_config = (
     augment.PRESETS[config.augment]
@@ -232,7 +197,7 @@ def train_and_evaluate(
     scalars["loss"] = weighted_log_loss(data.validation.labels, probabilities, np.ones(num_classes))
     return scalars
 
-  loop_config = loop.LoopConfig.from_config(config, batch_size, config.selection_metric, config.selection_mode)
+  loop_config = loop.LoopConfig.from_config(config, setup.batch_size, config.selection_metric, config.selection_mode)
   result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
 
   # Threshold from validation; test scored once, with the best-on-validation parameters.

@@ -9,7 +9,6 @@ loads the best-on-validation model back for synthesis and evaluation.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -25,15 +24,8 @@ from flax import nnx
 from vaeaug.data import pipeline
 from vaeaug.models import autoencoders
 from vaeaug.models import noise as noise_lib
-from vaeaug.training import checkpoints, loop, sharding
-from vaeaug.training.state import (
-  TrainState,
-  create_train_state,
-  make_optimizer,
-  make_schedule,
-  split_model,
-  step_compiler_options,
-)
+from vaeaug.training import checkpoints, loop, run, sharding
+from vaeaug.training.state import TrainState, split_model, step_compiler_options
 
 MODEL_OPTIONS = ("latent_dim", "channels", "upsample", "likelihood", "learned_scale")
 
@@ -60,21 +52,7 @@ def create_model(config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
 
 def create_generator_state(config, num_classes: int, steps_per_epoch: int) -> TrainState:
   model = create_model(config, num_classes, nnx.Rngs(params=config.seed))
-  schedule = make_schedule(
-    config.schedule,
-    config.learning_rate,
-    steps_per_epoch * config.epochs,
-    warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-  )
-  tx = make_optimizer(
-    config.optimizer,
-    schedule,
-    weight_decay=config.weight_decay,
-    momentum=config.momentum,
-    nesterov=config.nesterov,
-    grad_clip_norm=config.grad_clip_norm,
-  )
-  return create_train_state(model, tx)
+  return run.create_train_state(config, model, steps_per_epoch)
 
 
 def _log_scale(model):
@@ -146,44 +124,28 @@ def evaluate_dataset(eval_fn, state, dataset: pipeline.ArrayDataset, batch_size:
   return {name: total / count for name, total in sums.items()}
 
 
-@dataclasses.dataclass
-class Data:
-  train: pipeline.ArrayDataset
-  validation: pipeline.ArrayDataset
-
-  @property
-  def class_names(self):
-    return self.train.class_names
+Data = run.Data
 
 
 def load_data(config) -> Data:
-  """The real training split (or its `n_per_class` subsample, the same images the classifier of
-  the same seed sees) and the validation split. Test is never read here."""
-  train = pipeline.load_split(config.dataset, "train", data_dir=config.data_dir, image_size=config.image_size)
-  validation = pipeline.load_split(config.dataset, "validation", data_dir=config.data_dir, image_size=config.image_size)
-  if config.n_per_class is not None:
-    train = pipeline.subsample(train, config.n_per_class, config.seed if config.data_seed is None else config.data_seed)
-  return Data(train=train, validation=validation)
+  """The real training images (`run.real_train`: the ones the classifier of the same config sees)
+  and the validation split. Test is never read here."""
+  return run.load_data(config)
 
 
 def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None) -> dict:
   """Train a DAE / VAE / CVAE with model selection on validation; returns (and writes) its summary."""
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   data = data or load_data(config)
-  num_classes = len(data.class_names)
-  checkpoints.write_run_files(workdir, config, data.class_names)
-  mesh = sharding.make_mesh(config.num_devices)
-  batch_size = loop.fitting_batch_size(config.batch_size, len(data.train), mesh)
-  steps_per_epoch = pipeline.num_batches(len(data.train), batch_size, "drop")
-  state = create_generator_state(config, num_classes, steps_per_epoch)
+  setup = run.setup(config, workdir, data)
+  state = create_generator_state(config, len(data.class_names), setup.steps_per_epoch)
   noise = noise_config(config)
 
   options = step_compiler_options(config)
   step_fn = jax.jit(
     functools.partial(
-      train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * steps_per_epoch), noise=noise
+      train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * setup.steps_per_epoch), noise=noise
     ),
     donate_argnums=0,
     compiler_options=options,
@@ -191,11 +153,11 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   eval_fn = jax.jit(functools.partial(eval_step, noise=noise), compiler_options=options)
 
   def evaluate(state):
-    return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, mesh, seed=config.seed)
+    return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, setup.mesh, seed=config.seed)
 
   # Lowest validation loss: the negative ELBO (VAE, CVAE) or the denoising loss (DAE).
-  loop_config = loop.LoopConfig.from_config(config, batch_size, "loss", "min")
-  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
+  loop_config = loop.LoopConfig.from_config(config, setup.batch_size, "loss", "min")
+  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=setup.mesh)
   validation = evaluate(result.state)
   train_rates = [r["img_per_s"] for r in _read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"]
   summary = {

@@ -4,6 +4,14 @@ r"""The comparison sweep: classifiers trained with and without autoencoder augme
   python -m experiments.compare --config=experiments/configs/compare.py:full
   python -m experiments.compare --config=experiments/configs/compare.py:gpu --workdir=/gcs/or/local/dir
   python -m experiments.compare --config.num_seeds=10 --config.arms='("none","classic","dae")'
+  python -m experiments.compare --config.n_per_class='(25,50,None)' --config.num_devices=1
+
+`n_per_class` None means all training images (0 is rejected). The fields in SHARED_FIELDS (image
+size, data directory, data seed, devices, dtype, logging and checkpointing) are set once, at the top
+level: the nested `classifier` and `generator` configs hold references to them, so an override such
+as `--config.num_devices=1` reaches the training of every cell. `data_seed` None draws each seed's
+own real subset; set, every seed trains on the one subset it draws (initialisation and data order
+still vary with the seed).
 
 A cell is (dataset, n_per_class, arm, seed). For one (dataset, n_per_class, seed) every arm sees the
 same real training subset (stratified, nested over n_per_class), the same classifier initialisation
@@ -47,17 +55,28 @@ from experiments.configs import generator as generator_config
 
 ALL_ARMS = ("none", "classic", "dae", "vae", "cvae", "classic+cvae")
 DATASETS = ("face_mask_detection/2classes", "face_mask12k/grouped", "face_mask_observations/grouped")
+# Top-level fields the nested classifier and generator configs hold by reference: one value, one override.
+SHARED_FIELDS = (
+  "image_size",
+  "data_dir",
+  "data_seed",
+  "num_devices",
+  "distributed",
+  "compute_dtype",
+  "progress",
+  "log_every_steps",
+  "checkpoint_every_epochs",
+)
 
 
 def get_config(preset: str = "default"):
-  shared = default.get_config()
+  defaults = default.get_config()
   config = ml_collections.ConfigDict()
   config.preset = preset
-  # Fields every entry point shares; training fields live in the nested classifier / generator configs.
-  for key in ("data_dir", "num_devices", "distributed"):
-    config[key] = shared.get_ref(key) if shared[key] is None else shared[key]  # keep placeholders' types
+  for key in SHARED_FIELDS:  # placeholders stay placeholders, so overrides are type-checked
+    config[key] = defaults.get_ref(key) if defaults[key] is None else defaults[key]
   config.datasets = ("face_mask_detection/2classes",)
-  # Real training images per class; 0 means all training images (class balance as in the split).
+  # Real training images per class; None: all training images (class balance as in the split).
   config.n_per_class = (50,)
   # none, classic, dae, vae, cvae, or "classic+<generator>".
   config.arms = ("none", "classic", "cvae", "classic+cvae")
@@ -75,6 +94,14 @@ def get_config(preset: str = "default"):
   config.compilation_cache_dir = "~/.cache/vaeaug/jax"
 
   config.classifier = classifier_config.get_config()
+  config.generator = generator_config.get_config()
+  for sub in (config.classifier, config.generator):
+    for key in SHARED_FIELDS:
+      # Deleted first: assigned onto a placeholder, the reference would hang off the nested field's
+      # own one, and an override of the nested field would cut it loose.
+      del sub[key]
+      sub[key] = config.get_ref(key)
+
   config.classifier.model = "cnn_bn3"
   config.classifier.epochs = 30
   config.classifier.patience = 8
@@ -82,7 +109,6 @@ def get_config(preset: str = "default"):
   config.classifier.figures = False
   config.classic_augment = "standard"  # vaeaug.data.augment preset for the "classic" arms
 
-  config.generator = generator_config.get_config()
   config.generator.latent_dim = 32
   config.generator.channels = (16, 32, 64)
   config.generator.epochs = 30
@@ -114,7 +140,7 @@ def get_config(preset: str = "default"):
     pass
   elif preset == "full":
     config.datasets = DATASETS[:2]
-    config.n_per_class = (25, 50, 100, 250, 0)
+    config.n_per_class = (25, 50, 100, 250, None)
     config.arms = ALL_ARMS
     config.num_seeds = 5
     config.cross_test_datasets = DATASETS
@@ -125,7 +151,7 @@ def get_config(preset: str = "default"):
     config.generator.patience = 4
   elif preset == "gpu":
     config.datasets = DATASETS[:2]
-    config.n_per_class = (25, 50, 100, 250, 0)
+    config.n_per_class = (25, 50, 100, 250, None)
     config.arms = ALL_ARMS
     config.num_seeds = 10
     config.cross_test_datasets = DATASETS

@@ -10,9 +10,9 @@ def get_config():
   config.data_dir = ml_collections.config_dict.placeholder(str)
   config.dataset = "face_mask_detection/2classes"
   config.image_size = 64
-  # Training images per class, stratified and nested across n for one seed; None: all.
+  # Training images per class, stratified and nested across n for one seed; None: all (0 is no size: an error).
   config.n_per_class = ml_collections.config_dict.placeholder(int)
-  config.data_seed = ml_collections.config_dict.placeholder(int)  # None: same as seed
+  config.data_seed = ml_collections.config_dict.placeholder(int)  # draws the n_per_class subset; None: seed
   config.normalization = "unit"  # unit [0, 1], symmetric [-1, 1], imagenet
 
   config.batch_size = 64

@@ -1,0 +1,114 @@
+"""How a training run is set up from its config: its data, device mesh, batch size and train state.
+
+Classifier and autoencoder training (`classifiers.train`, `vaeaug.generators`) and the comparison
+sweep (`experiments.sweep`) all set their runs up here, so a config field means one thing to all of
+them: `n_per_class` None is every training image (0 is no size and is rejected), the real subset is
+drawn with `data_seed` (None: `seed`), the mesh has `num_devices` devices (None: all), the global
+batch is `batch_size` shrunk to fit small training sets, and the learning-rate schedule spans
+`epochs` epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from vaeaug.data import pipeline
+from vaeaug.training import checkpoints, loop, sharding
+from vaeaug.training import state as state_lib
+
+
+@dataclasses.dataclass
+class Data:
+  """A run's splits: the real training images (all, or the `n_per_class` subset), validation, and
+  test only for runs that score it."""
+
+  train: pipeline.ArrayDataset
+  validation: pipeline.ArrayDataset
+  test: pipeline.ArrayDataset | None = None
+
+  @property
+  def class_names(self):
+    return self.train.class_names
+
+
+def check_n_per_class(n_per_class):
+  """`n_per_class` as an int, or None for all training images; anything else (0 included) is an error."""
+  if n_per_class is None:
+    return None
+  if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
+    raise ValueError(f"n_per_class: {n_per_class!r} is not a size; use None for all training images")
+  return int(n_per_class)
+
+
+def subset_seed(config) -> int:
+  """The seed that draws the real training subset: `data_seed`, else `seed`."""
+  return config.seed if config.get("data_seed") is None else config.data_seed
+
+
+def real_train(train: pipeline.ArrayDataset, config) -> pipeline.ArrayDataset:
+  """The real training images a run of `config` (its `n_per_class`, `seed`, `data_seed`) trains on:
+  stratified and nested over `n_per_class` for one subset seed (`pipeline.subsample`)."""
+  n_per_class = check_n_per_class(config.n_per_class)
+  return train if n_per_class is None else pipeline.subsample(train, n_per_class, subset_seed(config))
+
+
+def load_data(config, *, test: bool = False) -> Data:
+  """`config.dataset`'s real training images (`real_train`) and validation split at
+  `config.image_size`; the test split only with `test=True` (runs that never score it never read it)."""
+  check_n_per_class(config.n_per_class)  # before a possibly slow first decode
+  names = ("train", "validation", "test") if test else ("train", "validation")
+  splits = pipeline.load_splits(config.dataset, names, data_dir=config.data_dir, image_size=config.image_size)
+  return Data(train=real_train(splits["train"], config), validation=splits["validation"], test=splits.get("test"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  mesh: jax.sharding.Mesh  # config.num_devices devices (None: all)
+  batch_size: int  # global batch: config.batch_size, shrunk to fit a small training set on the mesh
+  steps_per_epoch: int  # full batches per epoch (the last partial batch is dropped)
+
+
+def plan(config, train_size: int) -> Setup:
+  """Mesh, global batch size and steps per epoch of a run of `config` on `train_size` examples."""
+  mesh = sharding.make_mesh(config.num_devices)
+  batch_size = loop.fitting_batch_size(config.batch_size, train_size, mesh)
+  if batch_size < 1:
+    raise ValueError(f"{train_size} training examples cannot fill one batch on {mesh.devices.size} devices")
+  return Setup(mesh=mesh, batch_size=batch_size, steps_per_epoch=pipeline.num_batches(train_size, batch_size, "drop"))
+
+
+def setup(config, workdir: str | os.PathLike, data: Data) -> Setup:
+  """Creates `workdir`, writes the files `checkpoints.restore_best_state` reads back (the resolved
+  config, the class names) and plans the run on `data.train`."""
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpoints.write_run_files(workdir, config, data.class_names)
+  return plan(config, len(data.train))
+
+
+def make_tx(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optimizer `config` names, on its learning-rate schedule over `config.epochs` epochs."""
+  schedule = state_lib.make_schedule(
+    config.schedule,
+    config.learning_rate,
+    steps_per_epoch * config.epochs,
+    warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+  )
+  return state_lib.make_optimizer(
+    config.optimizer,
+    schedule,
+    weight_decay=config.weight_decay,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    grad_clip_norm=config.grad_clip_norm,
+  )
+
+
+def create_train_state(config, model, steps_per_epoch: int) -> state_lib.TrainState:
+  """Train state of `model` with `config`'s optimizer and schedule."""
+  return state_lib.create_train_state(model, make_tx(config, steps_per_epoch))
