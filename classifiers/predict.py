@@ -1,8 +1,8 @@
 r"""Classify face images (or the faces found in photos) with a trained classifier.
 
-  python -m classifiers.predict --checkpoint=/tmp/cnn96 --inputs=face1.jpg,faces/
-  python -m classifiers.predict --checkpoint=/tmp/cnn96 --inputs=faces/ --json
-  python -m classifiers.predict --checkpoint=/tmp/cnn96 --inputs=photos/ --detect_faces --out_dir=/tmp/annotated
+  vaeaug-predict --checkpoint=/tmp/cnn96 --inputs=face1.jpg,faces/     # or: python -m classifiers.predict
+  vaeaug-predict --checkpoint=/tmp/cnn96 --inputs=faces/ --json
+  vaeaug-predict --checkpoint=/tmp/cnn96 --inputs=photos/ --detect_faces --out_dir=/tmp/annotated
 
 ``--checkpoint`` is a training workdir of ``classifiers.train`` (its best-on-validation parameters
 are used). ``--inputs`` takes files and folders (comma-separated); a folder stands for the image
@@ -524,10 +524,21 @@ def _parse_flags(argv):
   except flags.Error as error:
     print(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
     sys.exit(2)
+  except SystemExit as done:  # absl exits 1 after printing the help that was asked for
+    from vaeaug import cli as cli_lib  # noqa: PLC0415
+
+    if done.code == 1 and cli_lib.asked_for_help(argv):
+      sys.exit(0)
+    raise
+
+
+def cli():
+  """The `vaeaug-predict` console script (`run` is the command on already parsed flags)."""
+  from vaeaug import cli as cli_lib  # noqa: PLC0415
+
+  define_flags()
+  cli_lib.run(main, __name__, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  cli()

@@ -1,20 +1,21 @@
 r"""Train-step throughput of the project's JAX models against the same architectures in PyTorch.
 
-  python scripts/benchmark.py                                   # every model, batch 64, 64 px
-  python scripts/benchmark.py --models=cnn96,resnet18 --repeats=5 --json
+  vaeaug-benchmark                              # every model, batch 64, 64 px (or: python scripts/benchmark.py)
+  vaeaug-benchmark --models=cnn96,resnet18 --repeats=5 --json
 
 For each model: the steady-state throughput (img/s: median over `--repeats` repetitions of
 `--steps` steps, after warm-up) of the project's jit-compiled train step (`classifiers.train.
 train_step` / `vaeaug.generators.train_step`, Adam, buffer donation) and of its PyTorch twin
-(`scripts/torch_reference.py`, eager, same thread count, channels-last or contiguous - whichever
+(`experiments/torch_reference.py`, eager, same thread count, channels-last or contiguous - whichever
 is faster in warm-up), JAX and PyTorch repetitions alternating in one run (PyTorch in a worker
 process that waits while JAX runs), so both see the same machine load; the ratio JAX / PyTorch; compile time; achieved GFLOP/s (FLOPs from XLA's
 cost analysis of the compiled step) and the share of the machine's fp32 peak (derivation printed);
 process CPU seconds per step (robust to other jobs' load); PyTorch on one thread as a reference;
 for models below 1.0x a `jax.profiler` breakdown of the JAX step; and, in a real
 `vaeaug.training.loop.fit` run, the input pipeline's share of the step time. Writes
-`<out_dir>/<date>_<cpu>.json` and `.md` (with `--notes` appended). Without torch (the `bench`
-extra) only the JAX side runs and the ratio is reported as unavailable.
+`<out_dir>/<date>_<cpu>.json` and `.md` (with `--notes` appended; both default to
+experiments/results/benchmarks/ of the checkout the package is installed from). Without torch (the
+`bench` extra) only the JAX side runs and the ratio is reported as unavailable.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from experiments import configs
+from vaeaug import cli
+
 CLASSIFIERS = ("cnn96", "cnn_bn3", "cnn_lenet4", "resnet18", "resnet50")
 AUTOENCODERS = ("dae", "vae", "cvae")
 ALL_MODELS = CLASSIFIERS + AUTOENCODERS
@@ -47,7 +51,11 @@ flags.DEFINE_integer("repeats", 5, "timed repetitions per framework (the median 
 flags.DEFINE_integer("steps", 3, "train steps per repetition")
 flags.DEFINE_integer("warmup", 2, "untimed steps per framework before the repetitions")
 flags.DEFINE_bool("json", False, "print the result as JSON instead of the Markdown table")
-flags.DEFINE_string("out_dir", "experiments/results/benchmarks", "where to write the .json / .md ('' : nowhere)")
+flags.DEFINE_string(
+  "out_dir",
+  None,
+  "where to write the .json / .md ('' : nowhere; default: experiments/results/benchmarks of the checkout)",
+)
 flags.DEFINE_string("name", None, "file stem (default: <date>_<cpu>)")
 flags.DEFINE_bool("torch", True, "also run the PyTorch twins (when torch is installed)")
 flags.DEFINE_bool(
@@ -76,8 +84,8 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string(
   "notes",
-  "experiments/results/benchmarks/notes.md",
-  "Markdown appended to the .md (analysis, what was tried; '' : none)",
+  None,
+  "Markdown appended to the .md (analysis, what was tried; '' : none; default: notes.md of the default --out_dir)",
 )
 
 
@@ -389,8 +397,7 @@ class TorchRunner:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import torch_reference
+    from experiments import torch_reference
 
     self.torch = torch
     torch.set_num_threads(threads)
@@ -666,12 +673,29 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def output_paths() -> tuple[str, str]:
+  """--out_dir and --notes, whose defaults are the checkout's experiments/results/benchmarks/ (not
+  the working directory's)."""
+  out_dir, notes = FLAGS.out_dir, FLAGS.notes
+  if out_dir is None or notes is None:
+    try:
+      default = configs.results_dir("benchmarks")
+    except FileNotFoundError as error:
+      if out_dir is None:
+        sys.exit(f"error: {error}; pass --out_dir=DIR (or --out_dir= to write nothing)")
+      default = None
+    out_dir = str(default) if out_dir is None else out_dir
+    notes = (str(default / "notes.md") if default else "") if notes is None else notes
+  return out_dir, notes
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax / profiler INFO lines would bury the table
   unknown = sorted(set(FLAGS.models) - set(ALL_MODELS))
   if unknown:
     raise app.UsageError(f"unknown models {unknown}; choose from {ALL_MODELS}")
+  out_dir, notes = output_paths()
   import jax
   import numpy as np
 
@@ -685,7 +709,7 @@ def main(argv):
     software += f", torch {torch.__version__}"
   result = {
     "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-    "command": "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    "command": " ".join(["vaeaug-benchmark", *(shlex.quote(a) for a in sys.argv[1:])]),
     "machine": info,
     "software": software,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -781,11 +805,11 @@ def main(argv):
 
   result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
   table = markdown(result)
-  if FLAGS.notes and Path(FLAGS.notes).is_file():
-    table += "\n" + Path(FLAGS.notes).read_text()
+  if notes and Path(notes).is_file():
+    table += "\n" + Path(notes).read_text()
   print(json.dumps(result, indent=1) if FLAGS.json else table)
-  if FLAGS.out_dir:
-    out = Path(FLAGS.out_dir)
+  if out_dir:
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = FLAGS.name or (
       datetime.date.today().isoformat()
@@ -798,5 +822,9 @@ def main(argv):
     print(f"wrote {out / stem}.json and .md", file=sys.stderr)
 
 
+def run():
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,17 +1,17 @@
 r"""Offline quality of a trained generator: reconstruction, likelihood, CAS, Frechet distance,
 k-NN precision/recall, diversity and filter acceptance.
 
-  python -m experiments.evaluate_generator --generator=/tmp/cvae
-  python -m experiments.evaluate_generator --generator=/tmp/dae --classifier=/tmp/cnn96 --per_class=300
+  vaeaug-evaluate-generator --generator=/tmp/cvae             # or: python -m experiments.evaluate_generator
+  vaeaug-evaluate-generator --generator=/tmp/dae --classifier=/tmp/cnn96 --per_class=300
 
 Feature-space metrics use a classifier trained on the same real data (--classifier, or one is
 trained into GENERATOR/quality/reference_classifier). Writes GENERATOR/quality/quality_<sampler>.json.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import generator_eval
-from vaeaug import synthesis
+from vaeaug import cli, synthesis
 
 _GENERATOR = flags.DEFINE_string("generator", None, "Generator training workdir.", required=True)
 _CLASSIFIER = flags.DEFINE_string("classifier", None, "Classifier workdir trained on the same real data.")
@@ -39,5 +39,9 @@ def main(argv):
   print(report.format_table())
 
 
+def run():
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

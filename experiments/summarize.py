@@ -1,8 +1,10 @@
-r"""Mean and 95% confidence interval of test metrics over training workdirs (e.g. several seeds).
+r"""Mean and 95 percent t interval of test metrics over training workdirs (e.g. several seeds).
 
-  python scripts/summarize_runs.py /tmp/runs/cnn96_seed*  /tmp/runs/r18_seed*
+  vaeaug-summarize /tmp/runs/cnn96_seed*  /tmp/runs/r18_seed*     # or: python scripts/summarize_runs.py
 
-Runs are grouped by (dataset, model, n_per_class); the interval is Student's t over seeds.
+Runs are grouped by (dataset, model, n_per_class); the interval is Student's t over the runs of a
+group (`experiments.stats.mean_ci`). A workdir without test_metrics.json (unfinished) is reported
+on stderr and skipped.
 """
 
 import collections
@@ -12,75 +14,54 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags
+
+from experiments import stats
+from vaeaug import cli
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_auc")
-# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (no scipy needed).
-_T975 = [
-  12.706,
-  4.303,
-  3.182,
-  2.776,
-  2.571,
-  2.447,
-  2.365,
-  2.306,
-  2.262,
-  2.228,
-  2.201,
-  2.179,
-  2.160,
-  2.145,
-  2.131,
-  2.120,
-  2.110,
-  2.101,
-  2.093,
-  2.086,
-  2.080,
-  2.074,
-  2.069,
-  2.064,
-  2.060,
-  2.056,
-  2.052,
-  2.048,
-  2.045,
-  2.042,
-]
+
+_METRICS = flags.DEFINE_list("metrics", list(METRICS), "Test metrics shown (keys of test_metrics.json's test).")
 
 
-def mean_ci(values):
-  values = np.asarray(values, np.float64)
-  if len(values) < 2:
-    return float(values.mean()), float("nan")
-  t = _T975[min(len(values) - 1, len(_T975)) - 1]
-  return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
-
-
-def main(paths):
+def table(paths, metrics=METRICS, err=sys.stderr) -> str:
+  """The Markdown table of the runs in `paths` (training workdirs)."""
   runs = collections.defaultdict(list)
   for path in paths:
     file = Path(path) / "test_metrics.json"
     if not file.is_file():
-      print(f"skipped {path}: no test_metrics.json", file=sys.stderr)
+      print(f"skipped {path}: no test_metrics.json", file=err)
       continue
     summary = json.loads(file.read_text())
     runs[(summary["dataset"], summary["model"], summary.get("n_per_class"))].append(summary)
-  print("| dataset | model | n/class | seeds | " + " | ".join(METRICS) + " | best epoch | s/run |")
-  print("|---" * (len(METRICS) + 6) + "|")
+  lines = [
+    "| dataset | model | n/class | seeds | " + " | ".join(metrics) + " | best epoch | s/run |",
+    "|---" * (len(metrics) + 6) + "|",
+  ]
   for (dataset, model, n_per_class), group in sorted(runs.items(), key=str):
     cells = []
-    for metric in METRICS:
-      mean, ci = mean_ci([run["test"][metric] for run in group])
+    for metric in metrics:
+      mean, ci = stats.mean_ci([run["test"].get(metric, math.nan) for run in group])
       cells.append(f"{mean:.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}"))
     epochs = np.mean([run["best_epoch"] + 1 for run in group])
     seconds = np.mean([run["seconds"] for run in group])
-    print(
+    lines.append(
       f"| {dataset} | {model} | {n_per_class or 'all'} | {len(group)} | "
       + " | ".join(cells)
       + f" | {epochs:.1f} | {seconds:.0f} |"
     )
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("give one or more training workdirs")
+  print(table(argv[1:], _METRICS.value))
+
+
+def run():
+  cli.run(main, __name__)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  run()

@@ -1,7 +1,7 @@
 r"""Synthesize labelled face images with a trained generator, for mixing with real training data.
 
-  python -m experiments.synthesize --generator=/tmp/cvae --per_class=500 --sampler=prior --out=/tmp/cvae_prior.npz
-  python -m experiments.synthesize --generator=/tmp/vae --per_class=500 --sampler=gmm --out=/tmp/vae_gmm.npz \
+  vaeaug-synthesize --generator=/tmp/cvae --per_class=500 --sampler=prior --out=/tmp/cvae_prior.npz
+  vaeaug-synthesize --generator=/tmp/vae --per_class=500 --sampler=gmm --out=/tmp/vae_gmm.npz \
       --filter_classifier=/tmp/cnn96 --tau=0.8
 
 Writes PATH (.npz, no pickle) and PATH.json (class names, generator, sampler, seed, options, counts);
@@ -15,9 +15,9 @@ import json
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from vaeaug import generators, synthesis
+from vaeaug import cli, generators, synthesis
 
 _GENERATOR = flags.DEFINE_string("generator", None, "Generator training workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output .npz path.", required=True)
@@ -63,5 +63,9 @@ def main(argv):
   print(f"wrote {_OUT.value}: " + ", ".join(f"{n} {c}" for c, n in zip(synthetic.class_names, counts)))
 
 
+def run():
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,4 +1,4 @@
-"""PyTorch twins of the project's models and train steps, for `scripts/benchmark.py` only.
+"""PyTorch twins of the project's models and train steps, for `experiments/benchmark.py` only.
 
 Each twin is built from a JAX model (reading its attributes), so both have the same layers, the
 same shapes and the same number of trainable parameters (`benchmark.py` and

@@ -1,7 +1,7 @@
 r"""Train and evaluate one face-mask classifier.
 
-  python -m experiments.train_classifier --workdir=/tmp/cnn96 --config=experiments/configs/classifier.py
-  python -m experiments.train_classifier --workdir=/tmp/r18 --config=experiments/configs/classifier.py \
+  vaeaug-train-classifier --workdir=/tmp/cnn96                # or: python -m experiments.train_classifier
+  vaeaug-train-classifier --workdir=/tmp/r18 --config=classifier \
       --config.model=resnet18_small --config.n_per_class=50 --config.seed=3
 
 Rerunning the same command on the same workdir resumes from its latest checkpoint.
@@ -10,14 +10,15 @@ Rerunning the same command on the same workdir resumes from its latest checkpoin
 import json
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from classifiers import train
+from experiments import configs
+from vaeaug import cli
 from vaeaug.training import sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.", required=True)
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/classifier.py", "Training configuration.")
+_CONFIG = configs.define_config_flag("config", "classifier", "Training configuration.")
 
 
 def main(argv):
@@ -40,5 +41,9 @@ def main(argv):
     )
 
 
+def run():
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

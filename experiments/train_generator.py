@@ -1,7 +1,7 @@
 r"""Train one autoencoder (DAE, VAE or CVAE) for synthesizing face-mask training data.
 
-  python -m experiments.train_generator --workdir=/tmp/cvae --config=experiments/configs/generator.py
-  python -m experiments.train_generator --workdir=/tmp/dae --config=experiments/configs/generator.py --config.model=dae
+  vaeaug-train-generator --workdir=/tmp/cvae                  # or: python -m experiments.train_generator
+  vaeaug-train-generator --workdir=/tmp/dae --config=generator --config.model=dae
 
 Rerunning the same command on the same workdir resumes from its latest checkpoint.
 """
@@ -9,14 +9,14 @@ Rerunning the same command on the same workdir resumes from its latest checkpoin
 import json
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from vaeaug import generators
+from experiments import configs
+from vaeaug import cli, generators
 from vaeaug.training import sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.", required=True)
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/generator.py", "Training configuration.")
+_CONFIG = configs.define_config_flag("config", "generator", "Training configuration.")
 
 
 def main(argv):
@@ -36,5 +36,9 @@ def main(argv):
     )
 
 
+def run():
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,4 +1,5 @@
-"""The leak audit (vaeaug.data.audit) and the two scripts, on small samples with known leaks;
+"""The leak audit (vaeaug.data.audit) and the two commands (scripts/audit_data.py, scripts/prepare_data.py,
+run from a folder outside the checkout), on small samples with known leaks;
 plus the `slow` full-data tests (all configs built from the real downloads, exact counts, audit
 figures): `pytest -m slow -s tests/test_audit.py`."""
 
@@ -111,18 +112,26 @@ def test_audit_of_an_unbuilt_dataset_is_a_clear_error(tmp_path):
     audit.audit(K12, "official", data_dir=tmp_path)
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, str(REPO / "scripts" / script), *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
-def test_audit_script_json(k12_official):
+def test_audit_script_json(k12_official, tmp_path):
   out = run_script(
-    "scripts/audit_data.py",
+    "audit_data.py",
     "--dataset=face_mask12k",
     "--config=official",
     f"--data_dir={k12_official.data_dir}",
     "--json",
+    cwd=tmp_path,
   )
   assert out.returncode == 0, out.stderr[-2000:]
   data = json.loads(out.stdout)
@@ -139,14 +148,19 @@ def test_prepare_script_prints_summary(real_raw_root, tmp_path):
   copy_files(real_raw_root / "face-mask-observations", raw / "face-mask-observations", files)
   (raw / "face-mask-observations" / "with_mask" / "notes.txt").write_text("x\n")
   args = (
-    "scripts/prepare_data.py",
+    "prepare_data.py",
     "--datasets=face_mask_observations",
     f"--raw_dir={raw}",
     f"--data_dir={tmp_path / 'tfds'}",
   )
-  out = run_script(*args)
+  out = run_script(*args, cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "== face_mask_observations/grouped" in out.stdout
+  # Quiet console: TFDS's logs and prints go to the log file, which one stderr line names.
+  log = tmp_path / "tfds" / "prepare.log"
+  assert out.stderr.strip() == f"library messages: {log} (--verbosity=1 shows them here)"
+  assert "Generating dataset face_mask_observations" in log.read_text()
+  assert "Downloading and preparing" not in out.stdout and "Downloading and preparing" in log.read_text()
   assert "face_mask_observations/grouped v1.0.0: 4 examples" in out.stdout
   assert re.search(r"skipped 1:\n\s+1\s+not an image extension\s+\(e\.g\. with_mask/notes\.txt\)", out.stdout)
   split_lines = re.findall(
@@ -154,7 +168,7 @@ def test_prepare_script_prints_summary(real_raw_root, tmp_path):
   )
   assert len(split_lines) == 3 and sum(int(n) for _, n, _, _ in split_lines) == 4
   # Idempotent: the second run reads the stored report and prints the same summary.
-  again = run_script(*args)
+  again = run_script(*args, cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-2000:]
   summary = lambda text: text[text.index("face_mask_observations/grouped v1.0.0") : text.rindex("done in")]
   assert summary(again.stdout) == summary(out.stdout)
@@ -162,7 +176,11 @@ def test_prepare_script_prints_summary(real_raw_root, tmp_path):
 
 def test_prepare_script_missing_raw_dir_is_clear(tmp_path):
   out = run_script(
-    "scripts/prepare_data.py", "--datasets=face_mask12k", f"--raw_dir={tmp_path}", f"--data_dir={tmp_path / 'tfds'}"
+    "prepare_data.py",
+    "--datasets=face_mask12k",
+    f"--raw_dir={tmp_path}",
+    f"--data_dir={tmp_path / 'tfds'}",
+    cwd=tmp_path,
   )
   assert out.returncode != 0
   assert f"{tmp_path / 'face-mask-12k'}: missing folder" in out.stderr

@@ -1,5 +1,6 @@
-"""scripts/benchmark.py (a smoke run on one tiny model) and the PyTorch twins of
-scripts/torch_reference.py (same parameter tensors as the JAX models; skipped without torch)."""
+"""The benchmark command (scripts/benchmark.py, a smoke run on one tiny model, from a folder outside the
+checkout) and the PyTorch twins of experiments/torch_reference.py (same parameter tensors as the JAX
+models; skipped without torch)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_benchmark_smoke(tmp_path):
   JSON and a Markdown table with the fields the README promises (no timing is asserted)."""
   cmd = [
     sys.executable,
-    "scripts/benchmark.py",
+    str(REPO / "scripts" / "benchmark.py"),
     "--models=cnn_bn3",
     "--batch=4",
     "--image_size=16",
@@ -38,7 +39,7 @@ def test_benchmark_smoke(tmp_path):
     "--notes=",
     "--json",
   ]
-  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(done.stdout)
   assert json.loads((tmp_path / "smoke.json").read_text()) == result
@@ -56,7 +57,7 @@ def test_benchmark_smoke(tmp_path):
   assert (
     f"| cnn_bn3 | {row['params']:,} |" in table
     and "fp32 peak" in table
-    and "Command: `python scripts/benchmark.py" in table
+    and "Command: `vaeaug-benchmark --models=cnn_bn3 --batch=4" in table
   )
   try:
     import torch  # noqa: F401
@@ -97,8 +98,7 @@ def _sizes_equal(jax_model, twin):
 @pytest.mark.parametrize("name, overrides", TWIN_CASES)
 def test_torch_classifier_twin_has_the_same_parameters(name, overrides):
   pytest.importorskip("torch")
-  sys.path.insert(0, str(REPO / "scripts"))
-  import torch_reference
+  from experiments import torch_reference
 
   overrides = dict(overrides)
   num_classes = overrides.pop("num_classes", 2)
@@ -111,8 +111,7 @@ def test_torch_classifier_twin_has_the_same_parameters(name, overrides):
 @pytest.mark.parametrize("kind, overrides", AE_CASES)
 def test_torch_autoencoder_twin_has_the_same_parameters(kind, overrides):
   pytest.importorskip("torch")
-  sys.path.insert(0, str(REPO / "scripts"))
-  import torch_reference
+  from experiments import torch_reference
 
   model = nnx.eval_shape(
     lambda: autoencoders.create_autoencoder(kind, image_size=64, num_classes=2, rngs=nnx.Rngs(0), **overrides)

@@ -15,5 +15,5 @@ shift
 EXTRA=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="
   cd ~/vaeaug && TFDS_DATA_DIR=${TFDS_DATA_DIR:-/mnt/nfs/tensorflow_datasets} \
-  .venv/bin/python -m experiments.train_classifier --workdir=$WORKDIR \
-    --config=experiments/configs/classifier.py --config.distributed=True --config.batch_size=512 $EXTRA"
+  .venv/bin/vaeaug-train-classifier --workdir=$WORKDIR \
+    --config=classifier --config.distributed=True --config.batch_size=512 $EXTRA"

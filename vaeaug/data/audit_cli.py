@@ -1,14 +1,17 @@
 r"""Leak audit of a built dataset: near-duplicate pairs that cross its splits.
 
-python scripts/audit_data.py --dataset=face_mask12k --config=official
-python scripts/audit_data.py --dataset=face_mask12k --config=grouped --json
+  vaeaug-audit --dataset=face_mask12k --config=official        # or: python scripts/audit_data.py
+  vaeaug-audit --dataset=face_mask12k --config=grouped --json
+
+The logic is `vaeaug.data.audit.audit`; this is its command line.
 """
 
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from vaeaug import cli
 from vaeaug.data import audit
 
 _DATASET = flags.DEFINE_enum(
@@ -31,5 +34,9 @@ def main(argv):
   print(json.dumps(result.to_json()) if _JSON.value else result.report())
 
 
+def run():
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

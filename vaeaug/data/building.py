@@ -4,11 +4,12 @@ and `prepare`, which builds datasets and writes each one's build report."""
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,11 @@ from vaeaug.data import grouping, sources
 from vaeaug.data import images as image_io
 
 REPORT_FILE = "build_report.json"
+
+# progress(stage, done, total): per-file and per-example progress of `prepare`; total may be None.
+Progress = Callable[[str, int, int | None], None]
+# Set by `prepare` while it builds: builders report through `progress()` without taking a parameter.
+_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("vaeaug_build_progress", default=None)
 
 
 class SkipLog:
@@ -74,8 +80,29 @@ def list_folder_images(folder: Path, skips: SkipLog, *, required: bool = True) -
   return paths
 
 
-def progress(items: Sequence, description: str):
-  return tqdm.tqdm(items, desc=description, unit="file", leave=False, mininterval=1.0)
+def progress(items: Iterable, description: str):
+  """`items`, each reported to the callback given to `prepare`, else with a tqdm bar."""
+  if _PROGRESS.get() is None:
+    return tqdm.tqdm(items, desc=description, unit="file", leave=False, mininterval=1.0)
+  return _reported(items, description)
+
+
+def _reported(items: Iterable, stage: str, total: int | None = None) -> Iterable:
+  """`items`, each reported to the callback given to `prepare` (unchanged without one). The callback
+  is looked up now, not when iteration starts: TFDS may consume split generators elsewhere."""
+  report = _PROGRESS.get()
+  if report is None:
+    return items
+  if total is None and isinstance(items, Sized):
+    total = len(items)
+
+  def reporting():
+    report(stage, 0, total)
+    for done, item in enumerate(items, 1):
+      yield item
+      report(stage, done, total)
+
+  return reporting()
 
 
 def decode_images(paths: Sequence[Path], skips: SkipLog, description: str) -> list[tuple[Path, np.ndarray]]:
@@ -182,7 +209,9 @@ def split_generators(builder, examples: Sequence[dict], split_of: Sequence[str],
   by_split = {split: [] for split in grouping.SPLITS}
   for example, split in zip(examples, split_of):
     by_split[split].append(example)
-  return {split: generate(items) for split, items in by_split.items() if items}
+  return {
+    split: _reported(generate(items), f"writing {split}", len(items)) for split, items in by_split.items() if items
+  }
 
 
 def grouped_split_generators(
@@ -199,7 +228,10 @@ def grouped_split_generators(
   balanced grouped splits (or keep `fixed_splits`), record the build report and return the
   split generators."""
   labels = [record["label"] for record in records]
+  report = _PROGRESS.get() or (lambda *_: None)
+  report("grouping", 0, 1)  # one step: grouping has no per-image progress
   result = grouping.group_images([record["image"] for record in records], labels=labels, link_keys=link_keys)
+  report("grouping", 1, 1)
   split_of = list(fixed_splits) if fixed_splits is not None else grouping.assign_splits(result.groups, labels)
   examples = [
     {
@@ -209,7 +241,7 @@ def grouped_split_generators(
       "group": group,
       **{field: record[field] for field in extra_fields},
     }
-    for record, group in zip(records, result.groups)
+    for record, group in _reported(zip(records, result.groups), "encoding", len(records))
   ]
   builder.report = make_report(builder, split_of, labels, class_names, result.groups, result.kind_counts(), skips)
   return split_generators(builder, examples, split_of, builder._generate_examples)
@@ -229,8 +261,13 @@ def builder_class(dataset: str):
   return classes[dataset]
 
 
-def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None) -> Report:
-  """Build one dataset config from the user's download (no-op when already built) and return its report."""
+def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None, progress: Progress | None = None) -> Report:
+  """Build one dataset config from the user's download (no-op when already built) and return its report.
+
+  `progress(stage, done, total)`, when given, is called per file decoded and per example encoded and
+  written, in stages (a class folder, "grouping", "encoding", "writing <split>"), instead of the
+  builders' own tqdm bars.
+  """
   cls = builder_class(dataset)
   data_dir = Path(data_dir).expanduser() if data_dir else sources.default_data_dir()
   builder = cls(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
@@ -244,9 +281,13 @@ def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None) -> Repor
     mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
   manual_dir = sources.raw_dir(dataset, raw_root)
   start = time.perf_counter()
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), download_mode=mode)
-  )
+  token = _PROGRESS.set(progress)
+  try:
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), download_mode=mode)
+    )
+  finally:
+    _PROGRESS.reset(token)
   report = builder.report
   report.seconds = round(time.perf_counter() - start, 1)
   report_path = Path(builder.data_dir) / REPORT_FILE
@@ -256,7 +297,3 @@ def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None) -> Repor
 
 def all_configs(dataset: str) -> list[str]:
   return [config.name for config in builder_class(dataset).BUILDER_CONFIGS]
-
-
-def relative_files(paths: Iterable[Path], root: Path) -> list[str]:
-  return [Path(p).relative_to(root).as_posix() for p in paths]

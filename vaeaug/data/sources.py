@@ -63,7 +63,7 @@ def data_source(name: str, split: str | None = None, data_dir=None):
   data_dir = os.fspath(Path(data_dir).expanduser()) if data_dir is not None else os.fspath(default_data_dir())
   dataset, _, config = name.partition("/")
   how = (
-    f"build it with `python scripts/prepare_data.py --datasets={dataset}"
+    f"build it with `vaeaug-prepare --datasets={dataset}"
     f"{f' --configs={config}' if config else ''} --data_dir={data_dir}`"
   )
   # Checked first: for a registered builder TFDS would otherwise try to build it, or complain
