@@ -28,12 +28,11 @@ import numpy as np
 
 from classifiers import metrics as metrics_lib
 from classifiers import train as classifier_train
-from vaeaug import generators, synthesis
+from vaeaug import generators, provenance, synthesis
 from vaeaug.data import pipeline
-from vaeaug.training import logs, sharding
+from vaeaug.training import checkpoints, logs, run, sharding
 
 GENERATORS = ("dae", "vae", "cvae")
-HEADLINE_METRICS = ("balanced_accuracy", "accuracy", "f1", "specificity", "roc_auc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +86,10 @@ def cells_of(config) -> list[Cell]:
     raise ValueError("synthesis.filter_tau > 0 filters with each cell's 'none' classifier: add the 'none' arm")
   arms.sort(key=lambda a: a.name != "none")
   for n in config.n_per_class:
-    if n < 0:
-      raise ValueError(f"n_per_class values must be >= 0 (0 = all), got {tuple(config.n_per_class)}")
+    run.check_n_per_class(n)
   seeds = range(config.first_seed, config.first_seed + config.num_seeds)
   return [
-    Cell(dataset, n or None, seed, arm)
+    Cell(dataset, n, seed, arm)
     for dataset in config.datasets
     for n in config.n_per_class
     for seed in seeds
@@ -100,6 +98,14 @@ def cells_of(config) -> list[Cell]:
 
 
 _NEUTRAL_FIELDS = {"compute_dtype": "float32"}
+# Recorded cells were hashed before the nested configs referenced the shared top-level fields (see
+# experiments/configs/compare.py); these keep the recipe text of those cells:
+# - the nested configs held their own defaults for these two, never used by a cell (the top-level
+#   values, hashed, were copied in per cell): a nested value equal to the top-level one is hashed as that;
+_NESTED_BEFORE_SHARING = {"image_size": 64, "log_every_steps": 10}
+# - these top-level fields reached only the cross-dataset test, and were hashed; now they are the cells'
+#   devices, which the nested recipes leave out (float rounding only), so they are hashed at these values.
+_TOP_LEVEL_BEFORE_SHARING = {"num_devices": None, "distributed": False}
 
 
 def config_hash(config) -> str:
@@ -118,8 +124,12 @@ def config_hash(config) -> str:
     "progress",
     "data_dir",
     "checkpoint_every_epochs",
+    # Shared fields added after results were recorded; the nested configs' copies are hashed below.
+    "data_seed",
+    "compute_dtype",
   ):
     recipe.pop(key, None)
+  recipe.update(_TOP_LEVEL_BEFORE_SHARING)
   for sub in ("classifier", "generator"):
     # How a cell executes, not what it computes (device count and XLA kernels change float rounding only).
     for key in (
@@ -137,6 +147,9 @@ def config_hash(config) -> str:
     for key, value in _NEUTRAL_FIELDS.items():
       if recipe[sub].get(key) == value:
         recipe[sub].pop(key)
+    for key, value in _NESTED_BEFORE_SHARING.items():
+      if recipe[sub][key] == config[key]:
+        recipe[sub][key] = value
   text = json.dumps(recipe, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -185,10 +198,6 @@ class DataCache:
       self.seconds += time.perf_counter() - start
     return self._splits[dataset]
 
-  def real_train(self, dataset: str, n_per_class: int | None, seed: int) -> pipeline.ArrayDataset:
-    train = self.splits(dataset)["train"]
-    return train if n_per_class is None else pipeline.subsample(train, n_per_class, seed)
-
 
 def repeat_to(dataset: pipeline.ArrayDataset, min_size: int) -> pipeline.ArrayDataset:
   """`dataset` repeated whole until it has at least `min_size` rows (each epoch shuffles the copies)."""
@@ -196,34 +205,34 @@ def repeat_to(dataset: pipeline.ArrayDataset, min_size: int) -> pipeline.ArrayDa
   return dataset if repeats == 1 else dataset.take(np.tile(np.arange(len(dataset)), repeats))
 
 
-def _epochs_for(train_size: int, batch_size: int, max_epochs: int, max_steps: int) -> int:
-  steps_per_epoch = max(1, train_size // max(1, min(batch_size, train_size)))
-  return max(1, min(max_epochs, math.ceil(max_steps / steps_per_epoch)))
+def _capped_epochs(sub: ml_collections.ConfigDict, train_size: int) -> int:
+  """`sub.epochs`, fewer when `sub.max_steps` steps come first."""
+  steps_per_epoch = run.plan(sub, train_size).steps_per_epoch
+  return max(1, min(sub.epochs, math.ceil(sub.max_steps / steps_per_epoch)))
 
 
 # ----------------------------------------------------------------------------- per-cell configs
 
 
-def _common(sub: ml_collections.ConfigDict, config, cell_dataset: str, n_per_class, seed) -> ml_collections.ConfigDict:
-  sub = ml_collections.ConfigDict(sub.to_dict())
-  sub.dataset, sub.n_per_class, sub.seed = cell_dataset, n_per_class, seed
-  sub.image_size, sub.data_dir = config.image_size, config.data_dir
-  sub.progress, sub.log_every_steps = config.progress, config.log_every_steps
-  sub.checkpoint_every_steps, sub.checkpoint_every_epochs = 0, config.checkpoint_every_epochs
+def cell_config(sub: ml_collections.ConfigDict, dataset: str, n_per_class, seed: int) -> ml_collections.ConfigDict:
+  """A standalone copy of the nested config `sub` for one cell group. The fields it shares with the
+  top level are references (experiments/configs/compare.py), so only the cell's own are set here."""
+  sub = ml_collections.ConfigDict(sub.to_dict())  # references resolved
+  sub.dataset, sub.n_per_class, sub.seed = dataset, n_per_class, seed
   return sub
 
 
 def generator_config(config, dataset: str, n_per_class, seed: int, kind: str, train_size: int):
-  sub = _common(config.generator, config, dataset, n_per_class, seed)
+  sub = cell_config(config.generator, dataset, n_per_class, seed)
   sub.model = kind
-  sub.epochs = _epochs_for(train_size, sub.batch_size, sub.epochs, sub.max_steps)
+  sub.epochs = _capped_epochs(sub, train_size)
   return sub
 
 
 def classifier_config(config, cell: Cell, train_size: int):
-  sub = _common(config.classifier, config, cell.dataset, cell.n_per_class, cell.seed)
+  sub = cell_config(config.classifier, *cell.group)
   sub.augment = config.classic_augment if cell.arm.classic else "none"
-  sub.epochs = _epochs_for(train_size, sub.batch_size, sub.epochs, sub.max_steps)
+  sub.epochs = _capped_epochs(sub, train_size)
   return sub
 
 
@@ -276,6 +285,13 @@ class Sweep:
       finally:
         fcntl.flock(f, fcntl.LOCK_UN)
 
+  def real_train(self, dataset: str, n_per_class, seed: int) -> pipeline.ArrayDataset:
+    """The cell group's real training images: those a standalone run of its config trains on
+    (`run.real_train`; classifier and generator share `data_seed`, so they see the same ones)."""
+    return run.real_train(
+      self.data.splits(dataset)["train"], cell_config(self.config.classifier, dataset, n_per_class, seed)
+    )
+
   def group_dir(self, dataset: str, n_per_class, seed: int) -> Path:
     return self.runs / _slug(dataset) / f"n{n_label(n_per_class)}" / f"seed{seed}"
 
@@ -289,7 +305,7 @@ class Sweep:
     workdir = self.group_dir(dataset, n_per_class, seed) / f"generator_{kind}"
     summary_path = workdir / "generator_metrics.json"
     if not summary_path.exists():
-      real = self.data.real_train(dataset, n_per_class, seed)
+      real = self.real_train(dataset, n_per_class, seed)
       train = repeat_to(real, self.config.min_epoch_size)
       sub = generator_config(self.config, dataset, n_per_class, seed, kind, len(train))
       data = generators.Data(train=train, validation=self.data.splits(dataset)["validation"])
@@ -302,7 +318,7 @@ class Sweep:
     smaller ratios take a prefix per class, so candidate sets are nested."""
     kind = cell.arm.generator
     path = self.group_dir(*cell.group) / f"synthetic_{kind}.npz"
-    real = self.data.real_train(*cell.group)
+    real = self.real_train(*cell.group)
     per_class = math.ceil(max(self.config.synthesis.synthetic_ratios) * len(real) / real.num_classes)
     info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
     if not path.exists():
@@ -359,7 +375,7 @@ class Sweep:
 
   def run_cell(self, cell: Cell) -> dict:
     start, compile_start, data_start = time.perf_counter(), COMPILE_CLOCK.start(), self.data.seconds
-    real = self.data.real_train(*cell.group)
+    real = self.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
     timing = {}
     synthetic_counts, ratio, classifier_dir = None, None, workdir
@@ -409,7 +425,7 @@ class Sweep:
       "cross": self._cross(cell, classifier_dir, summary["threshold"]),
       "classifier_config": sub.to_dict(),
       "generator_config": (
-        json.loads((self.group_dir(*cell.group) / f"generator_{cell.arm.generator}" / "config.json").read_text())
+        checkpoints.read_run_config(self.group_dir(*cell.group) / f"generator_{cell.arm.generator}").to_dict()
         if cell.arm.generator
         else None
       ),
@@ -420,6 +436,7 @@ class Sweep:
         "compile_seconds": round(COMPILE_CLOCK.seconds - compile_start, 2),
         "cell_seconds": round(time.perf_counter() - start, 2),
       },
+      "provenance": provenance.collect(),
     }
     return record
 
@@ -455,7 +472,8 @@ class Sweep:
     if not 0 <= shard_index < shard_count:
       raise ValueError(f"shard index {shard_index} is not in [0, {shard_count})")
     self.workdir.mkdir(parents=True, exist_ok=True)
-    (self.workdir / "config.json").write_text(self.config.to_json(indent=1) + "\n")
+    recorded = {**self.config.to_dict(), checkpoints.PROVENANCE_KEY: provenance.collect()}
+    (self.workdir / "config.json").write_text(json.dumps(recorded, indent=1, default=str) + "\n")
     all_cells = cells_of(self.config)
     groups = list(dict.fromkeys(c.group for c in all_cells))
     mine = {g for i, g in enumerate(groups) if i % shard_count == shard_index}

@@ -20,6 +20,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.sweep import GENERATORS, Cell, n_label
+from vaeaug import provenance
 
 TABLE_METRICS = ("balanced_accuracy", "f1", "specificity", "roc_auc")
 DIFF_METRICS = ("balanced_accuracy", "roc_auc")  # shown in table.md; the csv has every metric
@@ -360,6 +361,9 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
     "cells_total": len(cells),
     "table": summary,
     "compute_seconds": timing_summary(records),
+    # Who wrote these tables, and which commits computed the cells they summarise.
+    "provenance": provenance.collect(),
+    "cell_commits": provenance.commits_of(records.values()),
   }
   if config.cross_test_datasets:
     cross = cross_summary(cells, records, list(config.cross_test_datasets))
@@ -371,7 +375,7 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
   accuracy_figure(summary, figures / "balanced_accuracy_vs_n.png")
   accuracy_figure(summary, figures / "roc_auc_vs_n.png", metric="roc_auc")
   kinds = [k for k in GENERATORS if any(c.arm.generator == k for c in cells)]
-  n_values = [n or None for n in config.n_per_class]
+  n_values = list(config.n_per_class)
   for dataset in config.datasets:
     for kind in kinds:
       sample_grid_figure(

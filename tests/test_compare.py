@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import stats, sweep, tables
 from experiments.configs import compare as compare_config
+from vaeaug import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +82,7 @@ def test_arms_parse_and_reject_unknown_names():
 def test_grid_order_and_all_images():
   config = compare_config.get_config("tiny")
   config.arms = ("cvae", "classic", "none")
-  config.n_per_class = (12, 0)
+  config.n_per_class = (12, None)
   cells = sweep.cells_of(config)
   assert len(cells) == 2 * 2 * 3
   assert [c.arm.name for c in cells[:3]] == ["none", "cvae", "classic"]  # "none" first: filtering uses it
@@ -149,21 +151,6 @@ def _run(workdir: Path, data_dir: str | None, timeout=300) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def detection_built(real_raw_root, tmp_path_factory):
-  """data_dir holding face_mask_detection/2classes: the user's built copy, else built here from the
-  shipped raw data (about 20 s)."""
-  from vaeaug.data import building, sources
-
-  try:
-    sources.data_source("face_mask_detection/2classes", "train", None)
-    return None
-  except FileNotFoundError:
-    data_dir = tmp_path_factory.mktemp("tfds")
-    building.prepare("face_mask_detection", "2classes", data_dir=data_dir, raw_root=real_raw_root)
-    return str(data_dir)
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, detection_built):
   workdir = tmp_path_factory.mktemp("compare") / "uninterrupted"
   result = _run(workdir, detection_built)
@@ -191,6 +178,15 @@ def test_tiny_sweep_end_to_end(uninterrupted):
     "figures/samples_face_mask_detection-2classes_cvae.png",
   ):
     assert (workdir / name).stat().st_size > 0, name
+  # Provenance: every cell and the summary name the code and machine that computed them.
+  for line in lines:
+    assert line["provenance"]["git_commit"] == provenance.git_state()["git_commit"]
+    assert line["provenance"]["versions"]["jax"] == jax.__version__ and line["provenance"]["device_count"] >= 1
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["provenance"]["versions"] == lines[0]["provenance"]["versions"]
+  commit = provenance.git_state()["git_commit"] + ("+dirty" if provenance.git_state()["git_dirty"] else "")
+  assert summary["cell_commits"] == {commit: 6}
+  assert "provenance" not in lines[-1]["generator_config"]  # the generator's config, not its run record
   rerun = _run(workdir, data_dir)
   assert "6 already finished" in rerun.stderr and "[cell" not in rerun.stderr
 
@@ -219,8 +215,8 @@ def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):
       break
     time.sleep(0.05)
   process.wait(timeout=30)
-  if killed_after is None:
-    pytest.skip("the sweep finished before it could be killed mid-cell")
+  # Not a skip: a run that cannot be killed mid-cell would leave resumption untested.
+  assert killed_after is not None, "the sweep finished before it could be killed mid-cell"
   before = (workdir / "cells.jsonl").read_text() if killed_after else ""
   result = _run(workdir, data_dir)
   assert result.returncode == 0, result.stderr[-3000:]

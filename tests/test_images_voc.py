@@ -40,10 +40,6 @@ from vaeaug.data.voc import (
   square_crop_box,
 )
 
-REAL_XML = Path("/work/shared/data/face-mask-detection/annotations/maksssksksss0.xml")
-REAL_IMAGES = Path("/work/shared/data/face-mask-detection/images")
-
-
 # ----------------------------------------------------------------- helpers
 
 
@@ -638,15 +634,14 @@ def test_parse_no_objects_and_bad_size(tmp_path):
   assert ann.filename == "x.jpg" and ann.width is None and ann.height is None
 
 
-@pytest.mark.skipif(not REAL_XML.is_file(), reason="shared Kaggle data not present")
-def test_parse_real_annotation():
-  ann = parse_voc(REAL_XML)
+def test_parse_real_annotation(real_raw_root):
+  detection = real_raw_root / "face-mask-detection"
+  ann = parse_voc(detection / "annotations" / "maksssksksss0.xml")
   assert ann.filename == "maksssksksss0.jpg"
   assert (ann.width, ann.height) == (512, 366)
   assert [o.name for o in ann.objects] == ["without_mask", "with_mask", "without_mask"]
   assert ann.objects[0].box == (79.0, 105.0, 109.0, 142.0)
-  if REAL_IMAGES.is_dir():
-    assert resolve_image(ann, REAL_IMAGES) == REAL_IMAGES / "maksssksksss0.jpg"
+  assert resolve_image(ann, detection / "images") == detection / "images" / "maksssksksss0.jpg"
 
 
 def test_parse_malformed(tmp_path):

@@ -22,8 +22,8 @@ jax key for the DAE corruption, so a seed fixes the result:
   how spread the class is in latent space (a one-image class gets no jitter).
 * ``interpolation``: two distinct real images of class ``c`` (the same one if the class has a
   single image), ``z = (1 - t) mean_a + t mean_b``, ``t ~ U(t_range)`` (default (0.2, 0.8)).
-* ``gmm``: ex-post density estimation (Ghosh et al. 2020): a diagonal Gaussian mixture fitted
-  by EM to the latent means of the class's training images, sampled and decoded.
+* ``gmm``: ex-post density estimation (Ghosh et al. 2020): a diagonal Gaussian mixture
+  (scikit-learn's) fitted to the latent means of the class's training images, sampled and decoded.
 * ``denoise`` (DAE only): a real image of class ``c`` corrupted with ``noise`` (option, default
   the model's ``noise`` attribute) and reconstructed.
 
@@ -605,11 +605,13 @@ def synthesize(
   return fn(model, train, int(per_class), int(seed), generator=generator_name, **options)
 
 
-# ----------------------------------------------------------------------------- GMM (numpy EM)
+# ----------------------------------------------------------------------------- GMM (scikit-learn)
 
 
 @dataclasses.dataclass(frozen=True)
 class DiagGMM:
+  """A fitted diagonal-covariance mixture; sampled with the caller's generator (seeded per class)."""
+
   weights: np.ndarray  # (K,)
   means: np.ndarray  # (K, D)
   variances: np.ndarray  # (K, D)
@@ -617,60 +619,47 @@ class DiagGMM:
   n_iter: int
   converged: bool
 
-  def log_prob_components(self, x: np.ndarray) -> np.ndarray:
-    """(N, K): log w_k + log N(x | mu_k, diag var_k)."""
-    d = (x[:, None, :] - self.means[None]) ** 2 / self.variances[None]
-    logn = -0.5 * (d.sum(-1) + np.log(2 * np.pi * self.variances).sum(-1)[None])
-    return np.log(np.maximum(self.weights, 1e-300))[None] + logn
-
   def sample(self, n: int, rng: np.random.Generator, temperature: float = 1.0):
     comp = rng.choice(len(self.weights), n, p=self.weights / self.weights.sum())
     eps = rng.standard_normal((n, self.means.shape[1]))
     return self.means[comp] + temperature * np.sqrt(self.variances[comp]) * eps, comp
 
 
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-  m = a.max(1, keepdims=True)
-  return (m + np.log(np.exp(a - m).sum(1, keepdims=True)))[:, 0]
-
-
 def fit_diag_gmm(
   x, components: int = 5, seed: int = 0, max_iter: int = 200, tol: float = 1e-6, var_floor: float = 1e-3
 ) -> DiagGMM:
-  """EM for a diagonal-covariance GMM, k-means++ init (seeded).
+  """scikit-learn's `GaussianMixture(covariance_type="diag")`, k-means init (seeded).
 
-  ``components`` is capped by the number of distinct points. Variances are floored at
-  ``var_floor`` times the mean per-dimension data variance (1 if the data has none), so a
-  component on a single point does not collapse to a delta.
+  ``components`` is capped by the number of distinct points (a cell's class may have a handful of
+  images). ``var_floor`` times the mean per-dimension data variance (1 if the data has none) is
+  added to every variance (`reg_covar`), so a component on a single point does not collapse to a
+  delta.
   """
+  from sklearn.mixture import GaussianMixture  # deferred: only the gmm sampler needs it
+
   x = np.asarray(x, np.float64)
-  n, _ = x.shape
   k = max(1, min(int(components), len(np.unique(x, axis=0))))
-  rng = np.random.default_rng(seed)
   spread = x.var(0).mean()
-  floor = var_floor * (spread if spread > 0 else 1.0)
-  # k-means++: each next centre drawn with probability proportional to squared distance
-  centres = [x[rng.integers(n)]]
-  for _ in range(1, k):
-    d2 = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
-    centres.append(x[rng.choice(n, p=d2 / d2.sum())])
-  assign = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).argmin(1)
-  resp = np.eye(k)[assign]
-  prev, ll, it, converged = -np.inf, -np.inf, 0, False
-  for it in range(1, max_iter + 1):
-    nk = resp.sum(0) + 1e-10
-    means = resp.T @ x / nk[:, None]
-    var = np.maximum(resp.T @ x**2 / nk[:, None] - means**2, floor)
-    gmm = DiagGMM(nk / n, means, var, ll, it, converged)
-    logp = gmm.log_prob_components(x)
-    norm = _logsumexp(logp)
-    resp = np.exp(logp - norm[:, None])
-    ll = float(norm.mean())
-    if abs(ll - prev) < tol * max(1.0, abs(ll)):
-      converged = True
-      break
-    prev = ll
-  return DiagGMM(gmm.weights, gmm.means, gmm.variances, ll, it, converged)
+  mixture = GaussianMixture(
+    n_components=k,
+    covariance_type="diag",
+    tol=tol,
+    reg_covar=var_floor * (spread if spread > 0 else 1.0),
+    max_iter=max_iter,
+    random_state=seed,
+  )
+  if len(x) == 1:  # scikit-learn needs as many samples as components; one point is its own mean
+    mixture.fit(np.concatenate([x, x]))
+  else:
+    mixture.fit(x)
+  return DiagGMM(
+    weights=mixture.weights_,
+    means=mixture.means_,
+    variances=mixture.covariances_,
+    log_likelihood=float(mixture.score(x)),
+    n_iter=int(mixture.n_iter_),
+    converged=bool(mixture.converged_),
+  )
 
 
 # ----------------------------------------------------------------------------- filtering

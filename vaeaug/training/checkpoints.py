@@ -25,7 +25,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from vaeaug import provenance
+
 log = logging.getLogger(__name__)
+
+
+PROVENANCE_KEY = "provenance"  # in config.json, beside the config's own fields
 
 
 class CheckpointMismatchError(ValueError):
@@ -220,10 +225,19 @@ class Checkpointer:
 
 
 def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, class_names) -> None:
-  """The files `restore_best_state` reads back: the resolved config and the class names."""
+  """The files `restore_best_state` reads back: the resolved config (with the run's provenance
+  under the key "provenance") and the class names."""
   if jax.process_index() == 0:
-    Path(workdir, "config.json").write_text(config.to_json(indent=1) + "\n")
+    recorded = {**config.to_dict(), PROVENANCE_KEY: provenance.collect()}
+    Path(workdir, "config.json").write_text(json.dumps(recorded, indent=1, default=str) + "\n")
     Path(workdir, "class_names.json").write_text(json.dumps(list(class_names)) + "\n")
+
+
+def read_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a training workdir was run with (its `config.json`, provenance left out)."""
+  recorded = json.loads(Path(workdir, "config.json").read_text())
+  recorded.pop(PROVENANCE_KEY, None)
+  return ml_collections.ConfigDict(recorded)
 
 
 def restore_best_state(workdir: str | os.PathLike, make_state: Callable[[ml_collections.ConfigDict, int], Any]):
@@ -234,7 +248,7 @@ def restore_best_state(workdir: str | os.PathLike, make_state: Callable[[ml_coll
   for name in ("config.json", "class_names.json"):
     if not (workdir / name).is_file():
       raise FileNotFoundError(f"{workdir / name}: missing; is {workdir} a training workdir?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = read_run_config(workdir)
   class_names = tuple(json.loads((workdir / "class_names.json").read_text()))
   state = jax.eval_shape(lambda: make_state(config, len(class_names)))
   best = {"params": state.params, "model_state": state.model_state}
