@@ -1,10 +1,12 @@
 r"""The comparison sweep: classifiers trained with and without autoencoder augmentation.
 
-  python -m experiments.compare                                   # preset "default", below
-  python -m experiments.compare --config=experiments/configs/compare.py:full
-  python -m experiments.compare --config=experiments/configs/compare.py:gpu --workdir=/gcs/or/local/dir
-  python -m experiments.compare --config.num_seeds=10 --config.arms='("none","classic","dae")'
-  python -m experiments.compare --config.n_per_class='(25,50,None)' --config.num_devices=1
+  vaeaug-compare                                   # preset "default", below
+  vaeaug-compare --config=compare:full
+  vaeaug-compare --config=compare:gpu --workdir=/gcs/or/local/dir
+  vaeaug-compare --config.num_seeds=10 --config.arms='("none","classic","dae")'
+  vaeaug-compare --config.n_per_class='(25,50,None)' --config.num_devices=1
+
+(`python -m experiments.compare` and `--config=experiments/configs/compare.py:full` work too.)
 
 `n_per_class` None means all training images (0 is rejected). The fields in SHARED_FIELDS (image
 size, data directory, data seed, devices, dtype, logging and checkpointing) are set once, at the top
@@ -23,8 +25,9 @@ Presets (2-core CPU figures measured with the commands above; see experiments/re
   classic+cvae, 3 seeds, the small BN CNN. About 2 minutes on a 2-core CPU (111 s with a cold
   compile cache, 97 s warm); prints the table: test balanced accuracy none .864 +- .109, classic
   .909 +- .057, cvae .796 +- .061, classic+cvae .876 +- .014. Three
-  seeds at 50 per class cannot separate arms (PROTOCOL.md: balanced-accuracy std ~.13 between seeds);
-  it shows the machinery, `full` answers the question.
+  seeds at 50 per class cannot separate arms (balanced accuracy moves by ~.03 between seeds there:
+  "Facts the design relies on" in experiments/results/README.md); it shows the machinery, `full`
+  answers the question.
 * full - n_per_class 25 / 50 / 100 / 250 / all x all six arms x 5 seeds on face_mask_detection/2classes
   and face_mask12k/grouped, each cell also tested on the other datasets' test splits (cross-dataset
   table). About 1.5-2 hours on a 2-core CPU; runs in the background and resumes when rerun.
