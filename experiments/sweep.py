@@ -1,4 +1,4 @@
-"""The comparison sweep behind `python -m experiments.compare`: cells, their training, resume.
+"""The comparison sweep behind `vaeaug-compare`: cells, their training, resume.
 
 A cell is (dataset, n_per_class, arm, seed). Cells of one (dataset, n_per_class, seed) share the real
 training subset, and the arms that use the same generator share it (trained once, on that subset).

@@ -1,7 +1,7 @@
 r"""Classifier training: a face-mask CNN or ResNet, model selection on validation, test scored once.
 
-  python -m experiments.train_classifier --workdir=/tmp/cnn96 --config=experiments/configs/classifier.py
-  python -m experiments.train_classifier --workdir=/tmp/r18 --config=experiments/configs/classifier.py \
+  vaeaug-train-classifier --workdir=/tmp/cnn96 --config=classifier
+  vaeaug-train-classifier --workdir=/tmp/r18 --config=classifier \
       --config.model=resnet18_small --config.dataset=face_mask12k/grouped
 
 Overrides: --config.x=y for any field below (dataset, image_size, model, optimizer, epochs,

@@ -1,7 +1,7 @@
 r"""Autoencoder training (DAE, VAE or CVAE) on a dataset's real training split, selected on validation.
 
-  python -m experiments.train_generator --workdir=/tmp/cvae --config=experiments/configs/generator.py
-  python -m experiments.train_generator --workdir=/tmp/dae --config=experiments/configs/generator.py \
+  vaeaug-train-generator --workdir=/tmp/cvae --config=generator
+  vaeaug-train-generator --workdir=/tmp/dae --config=generator \
       --config.model=dae --config.noise.kind=masking --config.n_per_class=50 --config.seed=2
 
 Trained on the training split only (or its `n_per_class` subsample, the images the classifier of
