@@ -198,7 +198,7 @@ def train_and_evaluate(
     return scalars
 
   loop_config = loop.LoopConfig.from_config(config, setup.batch_size, config.selection_metric, config.selection_mode)
-  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh)
+  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=mesh, hparams=config.to_dict())
 
   # Threshold from validation; test scored once, with the best-on-validation parameters.
   val_probabilities = predict_probabilities(predict_fn, result.state, data.validation, config.eval_batch_size, mesh)

@@ -480,6 +480,12 @@ class Sweep:
     cells = [c for c in all_cells if c.group in mine]
     done = self.finished()
     todo = [c for c in cells if c.key not in done]
+    # TensorBoard progress (one folder per shard), replayed from cells.jsonl; step = cells finished.
+    keys = {c.key for c in all_cells}
+    progress_dir = self.runs / ("progress" if shard_count == 1 else f"progress_shard{shard_index + 1}of{shard_count}")
+    progress_events = logs.SweepProgressWriter(
+      progress_dir, len(all_cells), [r for k, r in done.items() if k in keys], enabled=jax.process_index() == 0
+    )
     shard = f" (shard {shard_index + 1}/{shard_count})" if shard_count > 1 else ""
     self._say(f"compare: {len(cells)} cells{shard} ({len(cells) - len(todo)} already finished) in {self.workdir}")
     start = time.perf_counter()
@@ -494,11 +500,13 @@ class Sweep:
       if jax.process_index() == 0:
         self._append(record)
       done[cell.key] = record
+      progress_events.add(record)
       test = record["test"]
       self._say(
         f"    test balanced accuracy {test['balanced_accuracy']:.3f}, ROC-AUC {test['roc_auc']:.3f} "
         f"({record['timing']['cell_seconds']:.0f} s)"
       )
+    progress_events.close()
     finished = self.finished()  # other shards' cells too
     return {c.key: finished[c.key] for c in all_cells if c.key in finished}
 

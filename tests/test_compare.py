@@ -187,6 +187,19 @@ def test_tiny_sweep_end_to_end(uninterrupted):
   commit = provenance.git_state()["git_commit"] + ("+dirty" if provenance.git_state()["git_dirty"] else "")
   assert summary["cell_commits"] == {commit: 6}
   assert "provenance" not in lines[-1]["generator_config"]  # the generator's config, not its run record
+  # TensorBoard: every cell's training is a run of the sweep's logdir, beside the sweep's progress.
+  from tensorboard.backend.event_processing import event_multiplexer
+
+  events = event_multiplexer.EventMultiplexer()
+  events.AddRunsFromDirectory(str(workdir))
+  events.Reload()
+  runs = events.Runs()
+  progress = next(run for run in runs if run.endswith("/progress"))
+  assert [e.value for e in events.Scalars(progress, "sweep/cells_finished")] == [1, 2, 3, 4, 5, 6]
+  cells = [run for run in runs if run.rsplit("/", 1)[-1] in ("none", "cvae", "classic+cvae")]
+  assert len(cells) == 6 and all("validation/roc_auc" in runs[run]["scalars"] for run in cells)
+  generators_runs = [run for run in runs if run.endswith("/generator_cvae")]
+  assert len(generators_runs) == 2 and all("generator/samples" in runs[run]["images"] for run in generators_runs)
   rerun = _run(workdir, data_dir)
   assert "6 already finished" in rerun.stderr and "[cell" not in rerun.stderr
 

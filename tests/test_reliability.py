@@ -33,7 +33,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from test_generators import tiny_generator_config
@@ -100,12 +99,14 @@ RUN_TIMEOUT_S = 400
 
 
 @pytest.fixture(scope="module")
-def built_dataset():
-  data_dir = sources.default_data_dir()
-  name, config = DATASET.split("/")
-  if not list((data_dir / name / config).glob("*/dataset_info.json")):
-    pytest.skip(f"{DATASET} is not built in {data_dir} (python scripts/prepare_data.py --datasets={name})")
-  return data_dir
+def built_dataset(detection_built):
+  """The data_dir holding DATASET; the commands below find it through $TFDS_DATA_DIR."""
+  if detection_built is None:
+    yield sources.default_data_dir()
+    return
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("TFDS_DATA_DIR", detection_built)
+    yield Path(detection_built)
 
 
 def step_numbers(workdir: Path) -> list[int]:
@@ -168,7 +169,7 @@ class Run:
 
 def restore_latest(workdir: Path, kind: str):
   """(step, state leaves, best leaves, loop record) of a workdir's latest checkpoint."""
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = checkpoints.read_run_config(workdir)
   class_names = json.loads((workdir / "class_names.json").read_text())
   state = jax.eval_shape(lambda: COMMANDS[kind]["make_state"](config, len(class_names)))
   checkpointer = checkpoints.Checkpointer(workdir / "checkpoints")
@@ -421,7 +422,7 @@ def assert_stopped_before_checkpointing(error, workdir: Path, kind: str, make_st
     assert re.search(r"\bloss \((inf|nan)\)", quantities), message
   assert step_numbers(workdir) and max(step_numbers(workdir)) < BAD_STEP
   assert max(r["step"] for r in logs.read_metrics(workdir / "metrics.jsonl")) < BAD_STEP
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = checkpoints.read_run_config(workdir)
   state = jax.eval_shape(lambda: make_state(config, 2))
   checkpointer = checkpoints.Checkpointer(workdir / "checkpoints")
   _, state, best, _ = checkpointer.restore_latest(state, {"params": state.params, "model_state": state.model_state})

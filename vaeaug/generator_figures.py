@@ -1,23 +1,34 @@
 """Figures of a generator workdir: reconstructions, samples per class, latent interpolations, and
-loss curves (`figures/*.png`). Standalone matplotlib Figures with the Agg renderer (no pyplot)."""
+loss curves (`figures/*.png`). Standalone matplotlib Figures with the Agg renderer (no pyplot).
+`tensorboard_grids` makes the same reconstructions and samples as plain image grids for TensorBoard
+during training."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from flax import nnx
 
 from vaeaug import synthesis
 from vaeaug.data import pipeline
 from vaeaug.models import noise as noise_lib
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def _figure(figsize: tuple[float, float]):
+  # matplotlib only when a figure is drawn: the TensorBoard grids of a training run need none.
+  from matplotlib.figure import Figure
+
+  return Figure(figsize=figsize)
+
+
+def _save(figure, path: Path) -> Path:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
   FigureCanvasAgg(figure)
   figure.savefig(path, dpi=100, bbox_inches="tight")
   return path
@@ -26,7 +37,7 @@ def _save(figure: Figure, path: Path) -> Path:
 def image_grid(rows: list[np.ndarray], row_titles: list[str], title: str, path: Path) -> Path:
   """One row of images per entry of `rows` (each (n, H, W, 3) uint8 or float in [0, 1])."""
   columns = max(len(row) for row in rows)
-  figure = Figure(figsize=(1.1 * columns + 1.2, 1.15 * len(rows) + 0.5))
+  figure = _figure((1.1 * columns + 1.2, 1.15 * len(rows) + 0.5))
   figure.suptitle(title)
   for r, (images, row_title) in enumerate(zip(rows, row_titles)):
     for c in range(columns):
@@ -47,22 +58,43 @@ def _first_per_class(dataset: pipeline.ArrayDataset, per_class: int) -> np.ndarr
   return np.concatenate([np.flatnonzero(dataset.labels == c)[:per_class] for c in range(dataset.num_classes)])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct_jit(graphdef, state, x, labels):
+  return nnx.merge(graphdef, state).reconstruct(x, train=False, labels=labels)
+
+
+def _reconstruction_rows(model, images: np.ndarray, labels: np.ndarray, noise: noise_lib.NoiseConfig):
+  """([input, (noisy, for a DAE), reconstruction] as float images in [0, 1], their titles); the DAE's
+  corruption uses a fixed key."""
+  x = jnp.asarray(pipeline.to_float(images))
+  rows, titles = [np.asarray(x)], ["input"]
+  if model.kind == "dae":
+    x = noise_lib.corrupt(x, jax.random.key(0), noise)
+    rows.append(np.asarray(x))
+    titles.append(f"noisy ({noise.kind})")
+  graphdef, state = nnx.split(model)
+  labels = jnp.asarray(labels) if model.conditional else None
+  rows.append(np.asarray(_reconstruct_jit(graphdef, state, x, labels)))
+  titles.append("reconstruction")
+  return rows, titles
+
+
 def reconstruction_figure(
   model, dataset: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, path: Path, per_class: int = 6
 ) -> Path:
   index = _first_per_class(dataset, per_class)
-  images = pipeline.to_float(dataset.images[index])
-  labels = jnp.asarray(dataset.labels[index]) if model.conditional else None
-  rows, titles = [images], ["input"]
-  if model.kind == "dae":
-    noisy = noise_lib.corrupt(jnp.asarray(images), jax.random.key(0), noise)
-    rows.append(np.asarray(noisy))
-    titles.append(f"noisy ({noise.kind})")
-    images = noisy
-  rows.append(np.asarray(model.reconstruct(jnp.asarray(images), train=False, labels=labels)))
-  titles.append("reconstruction")
+  rows, titles = _reconstruction_rows(model, dataset.images[index], dataset.labels[index], noise)
   names = ", ".join(f"{per_class} {name}" for name in dataset.class_names)
   return image_grid(rows, titles, f"Validation reconstructions ({names})", path)
+
+
+def _natural_samples(model, source: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, per_class: int):
+  """(uint8 samples per class, sampler name) with the kind's natural sampler: prior (CVAE),
+  posterior jitter (VAE), denoised real images (DAE), from `source`'s images; seed 0."""
+  sampler = {"cvae": "prior", "vae": "posterior_jitter", "dae": "denoise"}[model.kind]
+  options = {"noise": noise} if sampler == "denoise" else {}
+  synthetic = synthesis.synthesize(model, source, per_class, sampler, seed=0, **options)
+  return [synthetic.images[synthetic.labels == c] for c in range(len(source.class_names))], sampler
 
 
 def samples_figure(
@@ -70,10 +102,7 @@ def samples_figure(
 ) -> Path:
   """Samples per class with the kind's natural sampler: prior (CVAE), posterior jitter (VAE),
   denoised real images (DAE)."""
-  sampler = {"cvae": "prior", "vae": "posterior_jitter", "dae": "denoise"}[model.kind]
-  options = {"noise": noise} if sampler == "denoise" else {}
-  synthetic = synthesis.synthesize(model, train, per_class, sampler, seed=0, **options)
-  rows = [synthetic.images[synthetic.labels == c] for c in range(len(train.class_names))]
+  rows, sampler = _natural_samples(model, train, noise, per_class)
   return image_grid(rows, list(train.class_names), f"{model.kind.upper()} samples ({sampler})", path)
 
 
@@ -98,7 +127,7 @@ def curves_figure(metrics_path: Path, path: Path) -> Path:
   records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
   train = [r for r in records if r.get("split") == "train"]
   validation = [r for r in records if r.get("split") == "validation"]
-  figure = Figure(figsize=(11, 3.8))
+  figure = _figure((11, 3.8))
   for position, names in enumerate((("loss", "nll"), ("kl", "beta"))):
     axis = figure.add_subplot(1, 2, position + 1)
     for name in names:
@@ -116,16 +145,64 @@ def curves_figure(metrics_path: Path, path: Path) -> Path:
   return _save(figure, path)
 
 
+def _noise(config) -> noise_lib.NoiseConfig:
+  return noise_lib.NoiseConfig(
+    kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p, mask_fraction=config.noise.mask_fraction
+  )
+
+
 def write_generator_figures(workdir: Path, state, data, config) -> dict[str, Path]:
   out = Path(workdir) / "figures"
   out.mkdir(parents=True, exist_ok=True)
   model = state.model()
-  noise = noise_lib.NoiseConfig(
-    kind=config.noise.kind, sigma=config.noise.sigma, p=config.noise.p, mask_fraction=config.noise.mask_fraction
-  )
+  noise = _noise(config)
   return {
     "reconstructions": reconstruction_figure(model, data.validation, noise, out / "reconstructions.png"),
     "samples": samples_figure(model, data.train, noise, out / "samples.png"),
     "interpolation": interpolation_figure(model, data.validation, out / "interpolation.png"),
     "curves": curves_figure(Path(workdir) / "metrics.jsonl", out / "curves.png"),
   }
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def tile(rows: list[np.ndarray], pad: int = 2, background: int = 128) -> np.ndarray:
+  """One uint8 (H, W, 3) image of `rows` (each (n, h, w, 3), uint8 or float in [0, 1]), `pad`
+  pixels of `background` around and between the images; short rows are left blank at the end."""
+  rows = [np.asarray(row) for row in rows]
+  rows = [row if row.dtype == np.uint8 else pipeline.from_float(row) for row in rows]
+  if not rows or any(row.ndim != 4 or row.shape[-1] != 3 for row in rows):
+    raise ValueError(f"tile needs rows of (n, h, w, 3) images, got shapes {[np.shape(row) for row in rows]}")
+  height, width = rows[0].shape[1:3]
+  if any(row.shape[1:3] != (height, width) for row in rows):
+    raise ValueError(f"tile needs images of one size, got {sorted({row.shape[1:3] for row in rows})}")
+  columns = max(len(row) for row in rows)
+  grid = np.full((pad + len(rows) * (height + pad), pad + columns * (width + pad), 3), background, np.uint8)
+  for r, row in enumerate(rows):
+    for c, image in enumerate(row):
+      top, left = pad + r * (height + pad), pad + c * (width + pad)
+      grid[top : top + height, left : left + width] = image
+  return grid
+
+
+def preview_subset(dataset: pipeline.ArrayDataset, per_class: int = 4) -> pipeline.ArrayDataset:
+  """The first `per_class` images of each class: fixed inputs for `tensorboard_grids` at every epoch."""
+  return dataset.take(_first_per_class(dataset, per_class))
+
+
+def tensorboard_grids(state, preview: pipeline.ArrayDataset, config) -> dict[str, np.ndarray]:
+  """A generator's reconstructions and samples as uint8 (H, W, 3) grids for `logs.EventWriter.images`
+  (a `loop.fit` epoch hook). `state` is the generator's train state, `preview` a few fixed validation
+  images (`preview_subset`), `config` its config (the DAE's noise). "reconstructions": rows input,
+  (noisy,) reconstruction, one column per preview image; "samples": one row per class, as many as
+  the preview has of the class, with the kind's natural sampler (`samples_figure`'s). Fixed keys
+  and seed, so the grids of one state are always the same."""
+  model = state.model()
+  noise = _noise(config)
+  rows, _ = _reconstruction_rows(model, preview.images, preview.labels, noise)
+  per_class = int(preview.class_counts().min())
+  if per_class < 1:
+    raise ValueError(f"preview needs images of every class {preview.class_names}, got {preview.class_counts()}")
+  samples, _ = _natural_samples(model, preview, noise, per_class)
+  return {"reconstructions": tile(rows), "samples": tile(samples)}

@@ -157,7 +157,26 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
 
   # Lowest validation loss: the negative ELBO (VAE, CVAE) or the denoising loss (DAE).
   loop_config = loop.LoopConfig.from_config(config, setup.batch_size, "loss", "min")
-  result = loop.fit(state, step_fn, evaluate, data.train, loop_config, workdir, mesh=setup.mesh)
+  # TensorBoard: reconstructions and samples of a few fixed validation images after each epoch.
+  from vaeaug import generator_figures  # matplotlib is imported only to draw figures
+
+  preview = generator_figures.preview_subset(data.validation)
+
+  def epoch_hook(state, epoch, step, writer):
+    for name, grid in generator_figures.tensorboard_grids(state, preview, config).items():
+      writer.images(step, f"generator/{name}", grid)
+
+  result = loop.fit(
+    state,
+    step_fn,
+    evaluate,
+    data.train,
+    loop_config,
+    workdir,
+    mesh=setup.mesh,
+    hparams=config.to_dict(),
+    epoch_hook=epoch_hook,
+  )
   validation = evaluate(result.state)
   train_rates = [r["img_per_s"] for r in _read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"]
   summary = {

@@ -148,8 +148,16 @@ def fit(
   workdir: str | Path,
   *,
   mesh=None,
+  hparams: dict | None = None,
+  epoch_hook: Callable | None = None,
 ) -> FitResult:
-  """Train `state` on `train_data` (an ArrayDataset or {"image", "label"} arrays) in `workdir`."""
+  """Train `state` on `train_data` (an ArrayDataset or {"image", "label"} arrays) in `workdir`.
+
+  Besides `metrics.jsonl`, the workdir gets TensorBoard event files with the same train and validation
+  scalars and, if given, `hparams` (the run's config as a dict). `epoch_hook(state, epoch, step,
+  writer)` runs on process 0 after each epoch's validation, with the `logs.EventWriter` (e.g. to add
+  images); it must not keep `state`, whose buffers the next train step may donate.
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or sharding.make_mesh()
@@ -186,6 +194,11 @@ def fit(
         flush=True,
       )
   writer = logs.MetricsWriter(workdir / "metrics.jsonl", resume_step=resumed_from, enabled=is_chief)
+  # Rewritten from the trimmed metrics.jsonl, so a resumed run's curves have no stale or repeated steps.
+  events = logs.EventWriter(workdir, resume_step=resumed_from, enabled=is_chief)
+  if hparams is not None:
+    events.hparams(hparams)
+  events.replay(writer.path)
 
   step = int(state.step)
   progress = logs.Progress(total_steps, start_step=step, enabled=config.progress and is_chief)
@@ -224,7 +237,10 @@ def fit(
     elapsed = time.perf_counter() - interval_start
     mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
     rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")
-    writer.write({"split": "train", "step": step_now, "epoch": epoch, **mean, "img_per_s": round(rate, 1)})
+    line = {"split": "train", "step": step_now, "epoch": epoch, **mean, "img_per_s": round(rate, 1)}
+    writer.write(line)
+    events.write(line)
+    events.flush()  # live curves: on disk at every log interval
     progress.update(step_now, epoch, config.epochs, {**mean, "img/s": round(rate)})
     pending.clear()
     interval_start, interval_steps = time.perf_counter(), 0
@@ -269,7 +285,13 @@ def fit(
       best = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
     else:
       record["bad_epochs"] += 1
-    writer.write({"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]})
+    line = {"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]}
+    writer.write(line)
+    events.write(line)
+    if epoch_hook is not None and is_chief:
+      # Another process may hold part of a global array: the hook gets a host copy then.
+      epoch_hook(state if jax.process_count() == 1 else jax.device_get(state), epoch, step, events)
+    events.flush()
     if config.progress and is_chief:
       print(
         f"epoch {epoch + 1}/{config.epochs} validation {config.selection_metric} {value:.4g} "
@@ -288,6 +310,7 @@ def fit(
       save(step)
     interval_start = time.perf_counter()  # throughput excludes evaluation and checkpointing
   checkpointer.close()
+  events.close()
 
   if record["best_epoch"] < 0:
     raise NonFiniteError(f"validation {config.selection_metric} was never finite; no best epoch")
