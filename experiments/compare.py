@@ -39,7 +39,11 @@ _SHARD = flags.DEFINE_string(
   'Run only shard i of k ("i/k", 1-based) of the cell groups, e.g. one '
   "per process or array-job task; tables cover every finished cell.",
 )
-flags.register_validator("shard", lambda text: re.fullmatch(r"\d+/\d+", text) is not None, 'expected "i/k", e.g. 1/2')
+flags.register_validator(
+  "shard",
+  lambda text: (found := re.fullmatch(r"(\d+)/(\d+)", text)) is not None and 1 <= int(found[1]) <= int(found[2]),
+  'expected "i/k" with 1 <= i <= k (1-based), e.g. 1/2',
+)
 
 
 def main(argv):

@@ -22,6 +22,9 @@ _K = flags.DEFINE_integer("k", 3, "Neighbours for k-NN precision/recall.")
 _CAS_EPOCHS = flags.DEFINE_integer("cas_epochs", 10, "Epochs for the CAS and reference classifiers.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling and CAS seed.")
 
+cli.require_training_workdir("generator")
+cli.require_training_workdir("classifier")
+
 
 def main(argv):
   del argv

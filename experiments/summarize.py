@@ -56,6 +56,8 @@ def table(paths, metrics=METRICS, err=sys.stderr) -> str:
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("give one or more training workdirs")
+  if not any((Path(path) / "test_metrics.json").is_file() for path in argv[1:]):
+    sys.exit(f"error: none of the {len(argv) - 1} paths is a finished training workdir (with test_metrics.json)")
   print(table(argv[1:], _METRICS.value))
 
 

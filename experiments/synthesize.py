@@ -28,6 +28,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Latent temperature (prior
 _FILTER = flags.DEFINE_string("filter_classifier", None, "Classifier workdir for filtering.")
 _TAU = flags.DEFINE_float("tau", 0.5, "Filter threshold.")
 
+cli.require_training_workdir("generator")
+cli.require_training_workdir("filter_classifier")
+
 
 def main(argv):
   del argv

@@ -172,6 +172,32 @@ def test_unknown_config_name_is_one_line_without_traceback(tmp_path):
   assert "classifier, compare, default, generator" in line
 
 
+@pytest.mark.parametrize("shard", ["abc", "3/2", "0/2", "1/0"])
+def test_a_bad_shard_is_one_line_before_any_work(shard, tmp_path):
+  out = run([BIN / "vaeaug-compare", f"--shard={shard}", f"--workdir={tmp_path / 'sweep'}"], tmp_path)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  (line,) = out.stderr.strip().splitlines()
+  assert line.startswith(f"error: flag --shard={shard}: expected") and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+  "command, flag, args",
+  [
+    ("vaeaug-synthesize", "generator", ["--out=x.npz"]),
+    ("vaeaug-synthesize", "filter_classifier", ["--generator=real_run", "--out=x.npz"]),
+    ("vaeaug-evaluate-generator", "classifier", ["--generator=real_run"]),
+  ],
+)
+def test_a_workdir_typo_is_one_line_before_any_work(command, flag, args, tmp_path):
+  (tmp_path / "real_run").mkdir()
+  (tmp_path / "real_run" / "config.json").write_text("{}")
+  out = run([BIN / command, f"--{flag}=typo", *args], tmp_path)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  (line,) = out.stderr.strip().splitlines()
+  assert line == f"error: flag --{flag}=typo: not a training workdir (no config.json there) (--help for the flags)"
+  assert not (tmp_path / "x.npz").exists()
+
+
 def test_compare_outside_a_checkout_needs_workdir(tmp_path):
   code = (
     "import sys; from experiments import compare, configs; configs.checkout_root = lambda: None; "
@@ -233,6 +259,12 @@ def test_summarize_gives_the_t_interval_and_reports_skips(tmp_path):
 def test_summarize_without_workdirs_is_a_usage_error(tmp_path):
   out = run([BIN / "vaeaug-summarize"], tmp_path)
   assert out.returncode == 1 and "give one or more training workdirs" in out.stderr
+
+
+def test_summarize_with_no_finished_run_is_an_error_not_an_empty_table(tmp_path):
+  out = run([BIN / "vaeaug-summarize", tmp_path / "typo"], tmp_path)
+  assert out.returncode == 1 and out.stdout == ""
+  assert out.stderr.strip() == "error: none of the 1 paths is a finished training workdir (with test_metrics.json)"
 
 
 # ----------------------------------------------------------------------------- prepare's progress

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 _HELP_FLAGS = {
   f"{dashes}{name}" for dashes in ("-", "--") for name in ("help", "helpshort", "helpfull", "helpxml", "?")
@@ -49,3 +50,15 @@ def run(main: Callable, module_name: str, *, flags_parser: Callable = parse_flag
     for flag in flags.FLAGS.get_key_flags_for_module(module_name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, flags_parser=flags_parser)
+
+
+def require_training_workdir(flag_name: str) -> None:
+  """Validates flag `flag_name` (unset is fine) as a finished-or-running training workdir, so a
+  typo is a one-line flag error before any work, not a traceback from the restore."""
+  from absl import flags
+
+  flags.register_validator(
+    flag_name,
+    lambda path: path is None or (Path(path).expanduser() / "config.json").is_file(),
+    "not a training workdir (no config.json there)",
+  )
