@@ -21,10 +21,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vaeaug import generator_figures  # imports matplotlib only to draw figures
 from vaeaug.data import pipeline
 from vaeaug.models import autoencoders
 from vaeaug.models import noise as noise_lib
-from vaeaug.training import checkpoints, loop, run, sharding
+from vaeaug.training import checkpoints, logs, loop, run, sharding
 from vaeaug.training.state import TrainState, split_model, step_compiler_options
 
 MODEL_OPTIONS = ("latent_dim", "channels", "upsample", "likelihood", "learned_scale")
@@ -158,8 +159,6 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   # Lowest validation loss: the negative ELBO (VAE, CVAE) or the denoising loss (DAE).
   loop_config = loop.LoopConfig.from_config(config, setup.batch_size, "loss", "min")
   # TensorBoard: reconstructions and samples of a few fixed validation images after each epoch.
-  from vaeaug import generator_figures  # matplotlib is imported only to draw figures
-
   preview = generator_figures.preview_subset(data.validation)
 
   def epoch_hook(state, epoch, step, writer):
@@ -178,7 +177,7 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
     epoch_hook=epoch_hook,
   )
   validation = evaluate(result.state)
-  train_rates = [r["img_per_s"] for r in _read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"]
+  train_rates = [r["img_per_s"] for r in logs.read_metrics(workdir / "metrics.jsonl") if r.get("split") == "train"]
   summary = {
     "model": config.model,
     "dataset": config.dataset,
@@ -203,14 +202,8 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
   if jax.process_index() == 0:
     (workdir / "generator_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     if config.figures:
-      from vaeaug import generator_figures  # matplotlib only when figures are asked for
-
       generator_figures.write_generator_figures(workdir, result.state, data, config)
   return summary
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def restore_state(workdir: str | Path):
