@@ -37,6 +37,9 @@ def test_records_the_checkouts_commit_versions_and_devices(fresh_cache, monkeypa
   assert found["device_count"] == len(jax.devices()) and found["device_kind"] == jax.devices()[0].device_kind
   assert found["process_count"] == jax.process_count() and found["backend"] == jax.default_backend()
   assert found["xla_flags"] == "--xla_cpu_enable_fast_math=false"
+  cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+  if " avx2" in cpuinfo:  # x86 Linux: the widest vector extension the CPU reports
+    assert found["cpu_simd"] == ("avx512f" if " avx512f" in cpuinfo else "avx2")
   json.dumps(found)  # recorded as JSON
 
 

@@ -55,15 +55,22 @@ def versions() -> dict:
 
 
 @functools.cache
-def _cpu_model() -> str:
-  """The CPU model name (CPU kernels, and so float rounding, depend on it)."""
+def _cpu() -> tuple[str, str]:
+  """(model name, widest x86 vector extension): XLA:CPU picks its kernels by the latter, so AVX2 and
+  AVX-512 machines round differently."""
+  model, simd = platform.processor() or platform.machine(), "unknown"
   try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
+    text = Path("/proc/cpuinfo").read_text()
   except OSError:
-    pass
-  return platform.processor() or platform.machine()
+    return model, simd
+  for line in text.splitlines():
+    if line.startswith("model name"):
+      model = line.split(":", 1)[1].strip()
+    elif line.startswith("flags"):
+      flags = set(line.split(":", 1)[1].split())
+      simd = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in flags), "other")
+      break
+  return model, simd
 
 
 def collect() -> dict:
@@ -77,7 +84,8 @@ def collect() -> dict:
     "device_kind": devices[0].device_kind,
     "device_count": len(devices),
     "process_count": jax.process_count(),
-    "cpu": _cpu_model(),
+    "cpu": _cpu()[0],
+    "cpu_simd": _cpu()[1],
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
