@@ -9,7 +9,9 @@ Writes cells.jsonl, table.md/.csv, cross_dataset.md/.csv, summary.json and figur
 (default experiments/results/<preset> of the checkout the package is installed from, whatever the
 working directory; installed outside a checkout, --workdir is required). Rerunning the same command
 skips finished cells and resumes an interrupted one from its checkpoints; `--tables_only` rebuilds
-the outputs from cells.jsonl.
+the outputs from cells.jsonl, and refuses (exit 2, nothing written) when no recorded cell belongs to
+this config. Tables of a grid not yet finished (a shard done before the others) say
+`PARTIAL: k of n cells`.
 `--shard=i/k` runs every k-th group of cells (shards share the workdir; e.g. two one-core processes,
 `taskset -c 0 ... --shard=1/2 & taskset -c 1 ... --shard=2/2`, or a SLURM array).
 See experiments/configs/compare.py for the grid, the presets and how hyperparameters are chosen.
@@ -65,7 +67,14 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   sweep = sweep_lib.Sweep(config, workdir)
   index, count = (int(part) for part in _SHARD.value.split("/"))
-  records = sweep.finished() if _TABLES_ONLY.value else sweep.run(index - 1, count)
+  if _TABLES_ONLY.value:
+    try:
+      records = sweep.tables_only_records()
+    except sweep_lib.NoCellsOfThisConfig as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
+  else:
+    records = sweep.run(index - 1, count)
   if jax.process_index() == 0:
     print(tables.write_outputs(sweep, records))
     print(f"tables, summary and figures in {workdir}")

@@ -4,10 +4,14 @@ r"""Train and evaluate one face-mask classifier.
   vaeaug-train-classifier --workdir=/tmp/r18 --config=classifier \
       --config.model=resnet18_small --config.n_per_class=50 --config.seed=3
 
-Rerunning the same command on the same workdir resumes from its latest checkpoint.
+Rerunning the same command on the same workdir resumes from its latest checkpoint. A workdir belongs to
+one config: a rerun that changes a result-changing field is refused (exit 2) unless `--overwrite`,
+which starts the run over; execution-only fields (progress, logging, figures, checkpoint frequency,
+devices) may change.
 """
 
 import json
+import sys
 
 import jax
 from absl import flags, logging
@@ -15,9 +19,15 @@ from absl import flags, logging
 from classifiers import train
 from experiments import configs
 from vaeaug import cli
+from vaeaug.training import run as run_lib
 from vaeaug.training import sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.", required=True)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "Start over: remove the run files of a previous run in --workdir (checkpoints, metrics, summaries).",
+)
 _CONFIG = configs.define_config_flag("config", "classifier", "Training configuration.")
 
 
@@ -27,7 +37,11 @@ def main(argv):
   config = _CONFIG.value
   if config.distributed:
     sharding.initialize_distributed()
-  summary = train.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    summary = train.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  except run_lib.WorkdirConfigMismatch as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   if jax.process_index() == 0:
     test = summary["test"]
     shown = {

@@ -5,21 +5,24 @@ sweep (`experiments.sweep`) all set their runs up here, so a config field means 
 them: `n_per_class` None is every training image (0 is no size and is rejected), the real subset is
 drawn with `data_seed` (None: `seed`), the mesh has `num_devices` devices (None: all), the global
 batch is `batch_size` shrunk to fit small training sets, and the learning-rate schedule spans
-`epochs` epochs.
+`epochs` epochs. A workdir belongs to one config (`check_workdir`): a run whose result-changing
+fields differ from the workdir's recorded config is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from vaeaug.data import pipeline
-from vaeaug.training import checkpoints, loop, sharding
+from vaeaug.training import checkpoints, logs, loop, recipe, sharding
 from vaeaug.training import state as state_lib
 
 
@@ -83,9 +86,71 @@ def plan(config, train_size: int) -> Setup:
   return Setup(mesh=mesh, batch_size=batch_size, steps_per_epoch=pipeline.num_batches(train_size, batch_size, "drop"))
 
 
-def setup(config, workdir: str | os.PathLike, data: Data) -> Setup:
-  """Creates `workdir`, writes the files `checkpoints.restore_best_state` reads back (the resolved
-  config, the class names) and plans the run on `data.train`."""
+class WorkdirConfigMismatch(ValueError):
+  """A workdir holds a run of another config (a result-changing field differs)."""
+
+
+# What a training run writes in its workdir; `--overwrite` removes these and nothing else.
+RUN_FILES = (
+  "config.json",
+  "class_names.json",
+  "metrics.jsonl",
+  "test_metrics.json",
+  "validation_metrics.json",
+  "test_predictions.npz",
+  "generator_metrics.json",
+)
+RUN_DIRS = ("checkpoints",)
+
+
+def check_workdir(config, workdir: str | os.PathLike, *, overwrite: bool = False) -> None:
+  """Refuses (`WorkdirConfigMismatch`) to continue a run of another config in `workdir`; execution-only
+  fields (`recipe.EXECUTION_ONLY`) may differ. With `overwrite`, the previous run's files are removed."""
+  workdir = Path(workdir)
+  if overwrite:
+    if jax.process_index() == 0:
+      remove_run_files(workdir)
+    if jax.process_count() > 1:  # no process reads the old checkpoints while the first removes them
+      multihost_utils.sync_global_devices("vaeaug_workdir_overwritten")
+    return
+  if not (workdir / "config.json").is_file():
+    return
+  try:
+    recorded = checkpoints.read_run_config(workdir).to_dict()
+  except ValueError as error:  # cut or garbled JSON: not a config this run can be checked against
+    raise WorkdirConfigMismatch(
+      f"{workdir / 'config.json'}: unreadable ({error}); use a new --workdir, or --overwrite to start over"
+    ) from None
+  changed = recipe.differences(recorded, config.to_dict())
+  if changed:
+    raise WorkdirConfigMismatch(
+      f"{workdir} holds a run of another config ({recipe.describe(changed)}); use a new --workdir, or "
+      "--overwrite to start over (removes that run's checkpoints, metrics and summaries)"
+    )
+
+
+def remove_run_files(workdir: Path) -> None:
+  """The files and folders a training run writes in `workdir` (`RUN_FILES`, `RUN_DIRS`, TensorBoard
+  event files, figures/*.png); other files are left alone."""
+  for name in RUN_FILES:
+    (workdir / name).unlink(missing_ok=True)
+  for name in RUN_DIRS:
+    shutil.rmtree(workdir / name, ignore_errors=True)
+  for path in workdir.glob(logs.EVENT_FILE_GLOB):
+    path.unlink(missing_ok=True)
+  figures = workdir / "figures"
+  if figures.is_dir():
+    for path in figures.glob("*.png"):
+      path.unlink(missing_ok=True)
+    if not any(figures.iterdir()):
+      figures.rmdir()
+
+
+def setup(config, workdir: str | os.PathLike, data: Data, *, overwrite: bool = False) -> Setup:
+  """Checks that `workdir` holds no run of another config (`check_workdir`; `overwrite` starts over),
+  creates it, writes the files `checkpoints.restore_best_state` reads back (the resolved config, the
+  class names) and plans the run on `data.train`."""
+  check_workdir(config, workdir, overwrite=overwrite)
   Path(workdir).mkdir(parents=True, exist_ok=True)
   checkpoints.write_run_files(workdir, config, data.class_names)
   return plan(config, len(data.train))
