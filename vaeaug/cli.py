@@ -8,9 +8,22 @@ lends it the flags (and, when it has none, the docstring) of the module that def
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+# OSErrors that are the machine's state, not a bug: one line, not a traceback (and a rerun continues).
+_ENVIRONMENT_ERRORS = {
+  errno.ENOSPC: "no space left on device",
+  errno.EDQUOT: "disk quota exceeded",
+  errno.EACCES: "permission denied",
+  errno.EPERM: "operation not permitted",
+  errno.EROFS: "read-only file system",
+}
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 _HELP_FLAGS = {
   f"{dashes}{name}" for dashes in ("-", "--") for name in ("help", "helpshort", "helpfull", "helpxml", "?")
@@ -49,7 +62,63 @@ def run(main: Callable, module_name: str, *, flags_parser: Callable = parse_flag
       main_module.__doc__ = module.__doc__
     for flag in flags.FLAGS.get_key_flags_for_module(module_name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main, flags_parser=flags_parser)
+  app.run(one_line_environment_errors(main), flags_parser=flags_parser)
+
+
+def one_line_environment_errors(main: Callable) -> Callable:
+  """`main`, but an out-of-space or permission OSError (found anywhere in the chain of causes, since
+  orbax wraps them) ends the command with one `error:` line on stderr and exit status 1."""
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    make_record = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(functools.partial(_without_environment_tracebacks, make_record))
+    try:
+      return main(argv)
+    except Exception as error:
+      cause = environment_error(error)
+      if cause is None:
+        raise
+      sys.exit(describe_environment_error(cause))
+    finally:
+      logging.setLogRecordFactory(make_record)
+
+  return wrapped
+
+
+def _without_environment_tracebacks(make_record: Callable, *args, **kwargs) -> logging.LogRecord:
+  # Libraries (orbax's background save threads) log the error with its traceback before it reaches
+  # `main`; it ends in the one `error:` line, so their records keep one line each.
+  record = make_record(*args, **kwargs)
+  cause = environment_error(record.exc_info[1]) if record.exc_info else None
+  if cause is not None:
+    record.msg, record.args = f"{record.getMessage()} ({cause.strerror})", ()
+    record.exc_info, record.exc_text = None, None
+  return record
+
+
+def environment_error(error: BaseException | None) -> OSError | None:
+  """The OSError with an errno of `_ENVIRONMENT_ERRORS` in `error`'s chain (`__cause__`, then
+  `__context__`), preferring one that names its file; None if there is none."""
+  found, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRORS:
+      found.append(error)
+    error = error.__cause__ or error.__context__
+  return next((e for e in found if e.filename is not None), found[0] if found else None)
+
+
+def describe_environment_error(error: OSError) -> str:
+  """`error: <path>: no space left on device (needed about N MB)` and the like."""
+  where = f"{error.filename}: " if error.filename is not None else ""
+  line = f"error: {where}{_ENVIRONMENT_ERRORS[error.errno]}"
+  if error.errno in _OUT_OF_SPACE:
+    needed = getattr(error, "needed_bytes", None)
+    if needed is not None:
+      line += f" (needed about {max(1, round(needed / 2**20))} MB)"
+    line += "; free some and rerun the same command to continue"
+  return line
 
 
 def require_training_workdir(flag_name: str) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vaeaug import generator_figures  # imports matplotlib only to draw figures
+from vaeaug import fileio, generator_figures  # imports matplotlib only to draw figures
 from vaeaug.data import pipeline
 from vaeaug.models import autoencoders
 from vaeaug.models import noise as noise_lib
@@ -134,12 +134,16 @@ def load_data(config) -> Data:
   return run.load_data(config)
 
 
-def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None) -> dict:
-  """Train a DAE / VAE / CVAE with model selection on validation; returns (and writes) its summary."""
+def train_generator(
+  config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None, *, overwrite: bool = False
+) -> dict:
+  """Train a DAE / VAE / CVAE with model selection on validation; returns (and writes) its summary. A
+  workdir holding a run of another config is refused (`run.WorkdirConfigMismatch`) unless `overwrite`,
+  which starts over."""
   workdir = Path(workdir)
   start = time.perf_counter()
   data = data or load_data(config)
-  setup = run.setup(config, workdir, data)
+  setup = run.setup(config, workdir, data, overwrite=overwrite)
   state = create_generator_state(config, len(data.class_names), setup.steps_per_epoch)
   noise = noise_config(config)
 
@@ -200,7 +204,7 @@ def train_generator(config: ml_collections.ConfigDict, workdir: str | Path, data
     "seconds": round(time.perf_counter() - start, 1),
   }
   if jax.process_index() == 0:
-    (workdir / "generator_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    fileio.atomic_write_text(workdir / "generator_metrics.json", json.dumps(summary, indent=1) + "\n")
     if config.figures:
       generator_figures.write_generator_figures(workdir, result.state, data, config)
   return summary

@@ -40,7 +40,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,6 +49,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vaeaug import fileio
 from vaeaug.data.pipeline import ArrayDataset, from_float, to_float
 from vaeaug.models.noise import NoiseConfig, corrupt
 
@@ -57,6 +57,7 @@ __all__ = [
   "SAMPLERS",
   "DiagGMM",
   "SyntheticFileError",
+  "SyntheticMissingError",
   "SyntheticSet",
   "combine",
   "filter_by_classifier",
@@ -99,6 +100,11 @@ def _version() -> str:
 
 class SyntheticFileError(ValueError):
   """A synthetic-set file (or its sidecar) is missing, unreadable or inconsistent."""
+
+
+class SyntheticMissingError(SyntheticFileError):
+  """No complete synthetic set at the path: no npz, or an npz without a valid sidecar or whose sidecar
+  names another digest (what a kill mid-`save` leaves). Safe to regenerate."""
 
 
 # ----------------------------------------------------------------------------- SyntheticSet
@@ -213,9 +219,12 @@ class SyntheticSet:
     if path.suffix != ".npz":
       path = path.with_name(path.name + ".npz")
     arrays = {**self._arrays(), "class_names": np.asarray(self.class_names, dtype=str)}
-    digest = _atomic_write(path, lambda f: np.savez(f, **arrays))
+    size = sum(a.nbytes for a in arrays.values())
+    digest = fileio.atomic_write(path, lambda f: np.savez(f, **arrays), size_hint=size)
+    # The sidecar goes last and names the npz's digest: a kill between the two writes leaves an npz
+    # without a matching sidecar, which `load_synthetic` reports as missing (`SyntheticMissingError`).
     meta = {**self.metadata(), "npz_file": path.name, "npz_sha256": digest}
-    _atomic_write(_sidecar(path), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    fileio.atomic_write_text(_sidecar(path), json.dumps(meta, indent=2))
     return path
 
 
@@ -246,19 +255,9 @@ def _sidecar(path: Path) -> Path:
   return path.with_name(path.name + ".json")
 
 
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> str:
-  """Write via a temp file in the same directory + os.replace; returns the sha256."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return digest
+def _sha256(path: Path) -> str:
+  with path.open("rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _jsonable(x: Any) -> Any:
@@ -276,21 +275,29 @@ def _jsonable(x: Any) -> Any:
 
 
 def load_synthetic(path: str | os.PathLike) -> SyntheticSet:
-  """Read a set written by :meth:`SyntheticSet.save`; raises SyntheticFileError naming the file."""
+  """Read a set written by :meth:`SyntheticSet.save`; raises SyntheticFileError naming the file
+  (SyntheticMissingError when no complete set is there: no npz, or no sidecar matching it)."""
   path = Path(path)
 
-  def fail(problem: str) -> SyntheticFileError:
-    return SyntheticFileError(f"{path}: {problem}")
+  def fail(problem: str, error: type[SyntheticFileError] = SyntheticFileError) -> SyntheticFileError:
+    return error(f"{path}: {problem}")
 
   side = _sidecar(path)
   if not path.is_file():
-    raise fail("file not found")
+    raise fail("file not found", SyntheticMissingError)
   if not side.is_file():
-    raise fail(f"metadata sidecar {side.name} is missing")
+    raise fail(f"metadata sidecar {side.name} is missing", SyntheticMissingError)
   try:
     meta = json.loads(side.read_text())
   except (OSError, ValueError) as e:
-    raise fail(f"unreadable sidecar {side.name}: {e}") from e
+    raise fail(f"unreadable sidecar {side.name}: {e}", SyntheticMissingError) from e
+  if not isinstance(meta, dict):
+    raise fail(f"sidecar {side.name} is not a JSON object", SyntheticMissingError)
+  # A sidecar naming another digest belongs to an earlier write: this npz was never completed, so
+  # whatever is wrong with it, the set is missing (and may be regenerated), not damaged.
+  stale = meta.get("npz_sha256") not in (None, _sha256(path))
+  if stale:
+    fail = functools.partial(fail, error=SyntheticMissingError)
   try:
     with np.load(path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
@@ -305,7 +312,7 @@ def load_synthetic(path: str | os.PathLike) -> SyntheticSet:
     raise fail("; ".join(problems))
   if meta.get("format") != FORMAT:
     raise fail(f"sidecar {side.name} is not a {FORMAT} sidecar")
-  if meta.get("npz_sha256") not in (None, hashlib.sha256(path.read_bytes()).hexdigest()):
+  if stale:
     raise fail(f"sidecar {side.name} does not match the file (sha256 differs; stale sidecar?)")
   syn = SyntheticSet(**arrays, class_names=class_names, options=meta.get("options", {}))
   expected = syn.metadata()

@@ -25,7 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vaeaug import provenance
+from vaeaug import fileio, provenance
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDic
   under the key "provenance") and the class names."""
   if jax.process_index() == 0:
     recorded = {**config.to_dict(), PROVENANCE_KEY: provenance.collect()}
-    Path(workdir, "config.json").write_text(json.dumps(recorded, indent=1, default=str) + "\n")
-    Path(workdir, "class_names.json").write_text(json.dumps(list(class_names)) + "\n")
+    fileio.atomic_write_text(Path(workdir, "config.json"), json.dumps(recorded, indent=1, default=str) + "\n")
+    fileio.atomic_write_text(Path(workdir, "class_names.json"), json.dumps(list(class_names)) + "\n")
 
 
 def read_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
