@@ -34,7 +34,7 @@ trained on unmasked frontal faces, so it misses many masked or turned faces.
 
 Exit status: 0 when every input was classified, 1 when any input failed (each failure is reported
 and the other inputs are still classified), 2 for usage errors (bad flags, not a training workdir,
-OpenCV missing).
+OpenCV missing, inputs that are only folders without image files).
 """
 
 from __future__ import annotations
@@ -441,6 +441,15 @@ def format_text(results: Sequence[dict], out=None, err=None) -> None:
   print(f"{counts['classified']} classified, {counts['failed']} failed, {counts['skipped']} skipped", file=err)
 
 
+def _skipped_when_no_images(inputs: Sequence[str]) -> int | None:
+  """When every input is a readable folder holding no image file (nothing to classify: most likely a
+  wrong path, so a usage error), how many of their entries were skipped; else None."""
+  entries = expand_inputs(inputs)
+  if any(skip is None for _, skip, _ in entries):  # a file to read, or a folder that could not be listed
+    return None
+  return len(entries)
+
+
 def run(flag_values, extra_inputs: Sequence[str] = ()) -> int:
   """The command: classify ``--inputs`` (plus ``extra_inputs``) as the parsed ``flag_values``
   (an absl ``FlagValues`` with the flags of :func:`define_flags`) say; prints the results and
@@ -451,6 +460,11 @@ def run(flag_values, extra_inputs: Sequence[str] = ()) -> int:
     return 2
   if flag_values.detect_faces and not flag_values.out_dir:
     print("error: --detect_faces needs --out_dir for the annotated photos", file=sys.stderr)
+    return 2
+  skipped = _skipped_when_no_images(inputs)
+  if skipped is not None:
+    others = f" ({skipped} other entries skipped)" if skipped else ""
+    print(f"error: no image files found in {', '.join(inputs)}{others}", file=sys.stderr)
     return 2
   try:
     if flag_values.detect_faces:

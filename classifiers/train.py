@@ -22,6 +22,7 @@ from flax import nnx
 
 from classifiers import metrics as metrics_lib
 from classifiers import models
+from vaeaug import fileio
 from vaeaug.data import augment, pipeline
 from vaeaug.training import checkpoints, loop, run, sharding
 from vaeaug.training.state import TrainState, split_model, step_compiler_options
@@ -154,18 +155,24 @@ def load_data(config) -> Data:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | Path, data: Data | None = None, *, score_test: bool = True
+  config: ml_collections.ConfigDict,
+  workdir: str | Path,
+  data: Data | None = None,
+  *,
+  score_test: bool = True,
+  overwrite: bool = False,
 ) -> dict:
   """Train, select on validation, score test once; returns (and writes) the test metrics.
 
   `score_test=False` stops after validation (summary `test` is None): for candidates of a choice made on
-  validation, so that only the chosen one ever reads the test split.
+  validation, so that only the chosen one ever reads the test split. A workdir holding a run of another
+  config is refused (`run.WorkdirConfigMismatch`) unless `overwrite`, which starts over.
   """
   workdir = Path(workdir)
   start = time.perf_counter()
   data = data or load_data(config)
   num_classes = len(data.class_names)
-  setup = run.setup(config, workdir, data)
+  setup = run.setup(config, workdir, data, overwrite=overwrite)
   mesh = setup.mesh
   state = create_train_state_for(config, num_classes, setup.steps_per_epoch)
   weights = class_weights(config.class_weights, data.train.labels, num_classes)
@@ -192,6 +199,10 @@ def train_and_evaluate(
 
   def evaluate(state):
     probabilities = predict_probabilities(predict_fn, state, data.validation, config.eval_batch_size, mesh)
+    # Diverged parameters: stop as a training failure (the loop names epoch and step), not a metrics ValueError.
+    bad = ~np.isfinite(probabilities).all(axis=-1)
+    if bad.any():
+      raise loop.NonFiniteError(f"non-finite validation probabilities ({bad.sum()} of {bad.size} examples)")
     result = metrics_lib.classification_metrics(data.validation.labels, probabilities, class_names=data.class_names)
     scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     scalars["loss"] = weighted_log_loss(data.validation.labels, probabilities, np.ones(num_classes))
@@ -237,10 +248,17 @@ def train_and_evaluate(
     "seconds": round(time.perf_counter() - start, 1),
   }
   if jax.process_index() == 0 and not score_test:
-    (workdir / "validation_metrics.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    fileio.atomic_write_text(
+      workdir / "validation_metrics.json", json.dumps(summary, indent=1, default=_json_default) + "\n"
+    )
   elif jax.process_index() == 0:
-    (workdir / "test_metrics.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
-    np.savez(workdir / "test_predictions.npz", probabilities=test_probabilities, labels=data.test.labels)
+    # Predictions first: test_metrics.json is what marks the run finished.
+    fileio.atomic_write(
+      workdir / "test_predictions.npz",
+      lambda f: np.savez(f, probabilities=test_probabilities, labels=data.test.labels),
+      size_hint=np.asarray(test_probabilities).nbytes + np.asarray(data.test.labels).nbytes,
+    )
+    fileio.atomic_write_text(workdir / "test_metrics.json", json.dumps(summary, indent=1, default=_json_default) + "\n")
     if config.figures:
       from classifiers import figures  # matplotlib only when figures are asked for
 

@@ -7,8 +7,15 @@ class is .038, the SD of the paired `classic - none` difference .021: experiment
 "Facts the design relies on").
 
 * `mean_ci`: mean and the half-width of Student's t 95% interval over seeds.
+* `mean_ci_bounded`: the same t interval with its ends clipped to the metric's range (e.g. [0, 1]
+  for balanced accuracy or ROC-AUC): with few seeds the plain t interval of a proportion can reach
+  past 0 or 1 (2 seeds: t has 1 degree of freedom, t(.975) = 12.7), and values outside the range
+  cannot hold the true mean, so clipping keeps the t interval's coverage. A clipped interval is
+  asymmetric: the tables show it as `mean [lower, upper]`.
 * `paired_bootstrap_ci`: percentile bootstrap 95% interval of the mean paired difference
-  (seeds resampled with replacement; a fixed generator seed, so tables are reproducible).
+  (seeds resampled with replacement; a fixed generator seed, so tables are reproducible). Its ends
+  are means of observed differences, so they stay inside the differences' range; `compare_paired`
+  clips them to that range (e.g. [-1, 1]) all the same.
 * `sign_flip_p_value`: two-sided paired permutation test of "mean difference = 0" - under the
   null each difference is equally likely positive or negative. Exact (all 2^n sign patterns)
   up to `exact_max` pairs, Monte Carlo beyond. Distribution-free, so it does not assume the
@@ -40,6 +47,17 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
     return float(values.mean()), float("nan")
   t = scipy_stats.t.ppf(0.5 + confidence / 2, df=values.size - 1)
   return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(values.size))
+
+
+def mean_ci_bounded(
+  values, lower: float = 0.0, upper: float = 1.0, confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
+  """(mean, lower end, upper end) of `mean_ci`'s t interval clipped to [lower, upper]; ends NaN with
+  fewer than 2 finite values."""
+  mean, half = mean_ci(values, confidence)
+  if not math.isfinite(half):
+    return mean, float("nan"), float("nan")
+  return mean, max(mean - half, lower), min(mean + half, upper)
 
 
 def _paired(a, b) -> np.ndarray:
@@ -97,9 +115,12 @@ def paired_t_p_value(a, b) -> float:
   return float(2 * scipy_stats.t.sf(abs(t), df=d.size - 1))
 
 
-def compare_paired(a, b, *, seed: int = 0) -> dict:
-  """Everything the tables show for one paired comparison of arm `a` against baseline `b`."""
+def compare_paired(a, b, *, seed: int = 0, bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+  """Everything the tables show for one paired comparison of arm `a` against baseline `b`; the
+  interval is clipped to `bounds`, the range of a difference (e.g. [-1, 1] for metrics in [0, 1])."""
   mean, lower, upper = paired_bootstrap_ci(a, b, seed=seed)
+  if math.isfinite(lower):
+    lower, upper = max(lower, bounds[0]), min(upper, bounds[1])
   return {
     "n_pairs": int(_paired(a, b).size),
     "mean_difference": mean,

@@ -11,6 +11,7 @@ cell interrupted at any point resumes from its checkpoints; a finished cell is o
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fcntl
 import functools
@@ -28,9 +29,10 @@ import numpy as np
 
 from classifiers import metrics as metrics_lib
 from classifiers import train as classifier_train
-from vaeaug import generators, provenance, synthesis
+from vaeaug import fileio, generators, provenance, synthesis
 from vaeaug.data import pipeline
 from vaeaug.training import checkpoints, logs, run, sharding
+from vaeaug.training import recipe as recipe_lib
 
 GENERATORS = ("dae", "vae", "cvae")
 
@@ -108,49 +110,54 @@ _NESTED_BEFORE_SHARING = {"image_size": 64, "log_every_steps": 10}
 _TOP_LEVEL_BEFORE_SHARING = {"num_devices": None, "distributed": False}
 
 
-def config_hash(config) -> str:
-  """Hash of everything that changes a cell's result (not the grid itself, not progress/logging),
-  so cells of an extended grid are reused and cells of a changed recipe are not."""
-  recipe = config.to_dict()
-  for key in (
-    "preset",
-    "datasets",
-    "n_per_class",
-    "arms",
-    "num_seeds",
-    "first_seed",
-    "cross_test_datasets",
-    "compilation_cache_dir",
-    "progress",
-    "data_dir",
-    "checkpoint_every_epochs",
-    # Shared fields added after results were recorded; the nested configs' copies are hashed below.
-    "data_seed",
-    "compute_dtype",
-  ):
+# Grid fields: cells of an extended grid are reused. data_seed and compute_dtype were added to the top
+# level after results were recorded; the nested configs' copies are hashed.
+_NOT_RECIPE = ("preset", "datasets", "n_per_class", "arms", "num_seeds", "first_seed", "cross_test_datasets")
+_NOT_RECIPE_SINCE_SHARING = ("data_seed", "compute_dtype")
+# Execution-only fields (vaeaug.training.recipe) that recorded hashes covered: still hashed, at their
+# values, so that recorded cells stay valid.
+_HASHED_EXECUTION_FIELDS = {
+  "top": (
+    "figures",
+    "gradcam_images",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "xla_cpu_ynn_fusions",
+  ),
+  "nested": ("gradcam_images", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"),
+}
+
+
+def recipe_of(config_dict: dict) -> dict:
+  """What `config_hash` hashes of a sweep config (as a dict, e.g. a workdir's config.json): its result
+  fields (`recipe.result_fields`), not the grid, with the recorded cells' conventions."""
+  recipe = recipe_lib.result_fields(config_dict)
+  for key in _HASHED_EXECUTION_FIELDS["top"]:
+    if key in config_dict:
+      recipe[key] = config_dict[key]
+  for key in _NOT_RECIPE + _NOT_RECIPE_SINCE_SHARING:
     recipe.pop(key, None)
   recipe.update(_TOP_LEVEL_BEFORE_SHARING)
   for sub in ("classifier", "generator"):
-    # How a cell executes, not what it computes (device count and XLA kernels change float rounding only).
-    for key in (
-      "progress",
-      "data_dir",
-      "figures",
-      "num_devices",
-      "distributed",
-      "checkpoint_every_epochs",
-      "xla_cpu_ynn_fusions",
-    ):
-      recipe[sub].pop(key, None)
+    for key in _HASHED_EXECUTION_FIELDS["nested"]:
+      if key in config_dict[sub]:
+        recipe[sub][key] = config_dict[sub][key]
     # Fields added after results were recorded: at these values they reproduce the earlier behaviour,
     # so they stay out of the hash and recorded cells remain valid.
     for key, value in _NEUTRAL_FIELDS.items():
       if recipe[sub].get(key) == value:
         recipe[sub].pop(key)
     for key, value in _NESTED_BEFORE_SHARING.items():
-      if recipe[sub][key] == config[key]:
+      if recipe[sub].get(key) == config_dict.get(key):
         recipe[sub][key] = value
-  text = json.dumps(recipe, sort_keys=True, default=str)
+  return recipe
+
+
+def config_hash(config) -> str:
+  """Hash of everything that changes a cell's result (not the grid itself, not progress/logging),
+  so cells of an extended grid are reused and cells of a changed recipe are not."""
+  text = json.dumps(recipe_of(config.to_dict()), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -239,6 +246,10 @@ def classifier_config(config, cell: Cell, train_size: int):
 # ----------------------------------------------------------------------------- the sweep
 
 
+class NoCellsOfThisConfig(ValueError):
+  """`--tables_only` with a config none of the recorded cells belong to."""
+
+
 class Sweep:
   """Runs the cells of `config` in `workdir`; see the module docstring."""
 
@@ -255,8 +266,9 @@ class Sweep:
 
   # --- bookkeeping
 
-  def finished(self) -> dict[str, dict]:
-    """Finished cells of this recipe, by key. A line cut by a kill mid-write is dropped (and rewritten)."""
+  def finished(self, *, repair: bool = True) -> dict[str, dict]:
+    """Finished cells of this recipe, by key. A line cut by a kill mid-write is dropped (and, with
+    `repair`, removed from the file)."""
     if not self.cells_path.exists():
       return {}
     lines = self.cells_path.read_text().splitlines()
@@ -269,9 +281,43 @@ class Sweep:
       intact.append(line)
       if record.get("config_hash") == self.hash:
         records[record["key"]] = record
-    if len(intact) != len([line for line in lines if line.strip()]):
+    if repair and len(intact) != len([line for line in lines if line.strip()]):
       self.cells_path.write_text("".join(line + "\n" for line in intact))
     return records
+
+  def tables_only_records(self) -> dict[str, dict]:
+    """The finished cells `--tables_only` builds tables from, read without changing any file. When
+    none belongs to this config (a changed recipe or grid), `NoCellsOfThisConfig`: empty tables would
+    replace the recorded ones."""
+    records = self.finished(repair=False)
+    keys = {c.key for c in cells_of(self.config)}
+    if any(key in keys for key in records):
+      return records
+    where = self.cells_path
+    if records:
+      raise NoCellsOfThisConfig(
+        f"--tables_only: {len(records)} cells of {where} have this config's hash {self.hash}, but none is in its "
+        "grid (datasets, n_per_class, arms, seeds); pass the grid that made them, or run the sweep"
+      )
+    hashes = collections.Counter()
+    for line in where.read_text().splitlines():
+      try:
+        hashes[json.loads(line).get("config_hash")] += 1
+      except (json.JSONDecodeError, AttributeError):
+        continue
+    found = ", ".join(f"{h}: {n}" for h, n in hashes.most_common()) or "none readable"
+    differ = ""
+    recorded_path = self.workdir / "config.json"
+    try:
+      recorded = json.loads(recorded_path.read_text())
+      changed = recipe_lib.changed(recipe_of(recorded), recipe_of(self.config.to_dict()))
+      differ = f"; it differs from {recorded_path} in {recipe_lib.describe(changed)}" if changed else ""
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no or foreign config.json: say nothing
+      pass
+    raise NoCellsOfThisConfig(
+      f"--tables_only: no line of {where} has this config's hash {self.hash} ({sum(hashes.values())} lines, "
+      f"by hash: {found}){differ}; pass the config that made them, or run the sweep to compute this one's cells"
+    )
 
   def _append(self, record: dict) -> None:
     # One locked write per line: shards of one sweep may append to the same file concurrently.
@@ -321,7 +367,7 @@ class Sweep:
     real = self.real_train(*cell.group)
     per_class = math.ceil(max(self.config.synthesis.synthetic_ratios) * len(real) / real.num_classes)
     info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
-    if not path.exists():
+    if not self._synthetic_cached(path):
       model, summary = self.generator(*cell.group, kind)
       info["generator_seconds"] = summary["seconds"]
       start = time.perf_counter()
@@ -345,10 +391,22 @@ class Sweep:
         synthetic = synthesis.synthesize(model, real, per_class, sampler, cell.seed, generator_name=kind, **options)
       synthetic.save(path)
       info["synthesis_seconds"] = round(time.perf_counter() - start, 2)
-      Path(str(path) + ".timing.json").write_text(json.dumps(info) + "\n")
+      fileio.atomic_write_text(Path(str(path) + ".timing.json"), json.dumps(info) + "\n")
     elif Path(str(path) + ".timing.json").exists():
       info = {**json.loads(Path(str(path) + ".timing.json").read_text()), "reused": True}
     return synthesis.load_synthetic(path), info
+
+  def _synthetic_cached(self, path: Path) -> bool:
+    """Whether `path` holds a complete synthetic set. An npz without its matching sidecar (what a kill
+    mid-save leaves) is reported and made again, not fatal."""
+    if not path.exists():
+      return False
+    try:
+      synthesis.load_synthetic(path)
+    except synthesis.SyntheticMissingError as error:
+      self._say(f"warning: {error}; regenerating it")
+      return False
+    return True
 
   def _sampler_options(self, kind: str) -> dict:
     sampler = self.config.synthesis[f"{kind}_sampler"]
@@ -473,7 +531,7 @@ class Sweep:
       raise ValueError(f"shard index {shard_index} is not in [0, {shard_count})")
     self.workdir.mkdir(parents=True, exist_ok=True)
     recorded = {**self.config.to_dict(), checkpoints.PROVENANCE_KEY: provenance.collect()}
-    (self.workdir / "config.json").write_text(json.dumps(recorded, indent=1, default=str) + "\n")
+    fileio.atomic_write_text(self.workdir / "config.json", json.dumps(recorded, indent=1, default=str) + "\n")
     all_cells = cells_of(self.config)
     groups = list(dict.fromkeys(c.group for c in all_cells))
     mine = {g for i, g in enumerate(groups) if i % shard_count == shard_index}

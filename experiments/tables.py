@@ -1,10 +1,12 @@
 """Tables, summary and figures of a comparison sweep, rebuilt from its `cells.jsonl` alone.
 
 `table.md` / `table.csv`: per dataset and n_per_class, each arm's mean and 95% t interval over seeds
-of the test metrics, and the paired difference (same seed) of each arm against `none` and against
-`classic`: mean, percentile-bootstrap 95% interval and the sign-flip permutation p-value (the paired
-t-test p-value is in the csv too). Rows are ordered by the config's grid, never by finishing time, so
-an interrupted-and-resumed sweep writes byte-identical tables.
+of the test metrics, clipped to the metrics' range [0, 1] (`stats.mean_ci_bounded`; a clipped
+interval is shown as `mean [lower, upper]`, an unclipped one as `mean ± half-width`; the csv and
+summary.json carry both ends), and the paired difference (same seed) of each arm against `none` and
+against `classic`: mean, percentile-bootstrap 95% interval (clipped to [-1, 1]) and the sign-flip
+permutation p-value (the paired t-test p-value is in the csv too). Rows are ordered by the config's
+grid, never by finishing time, so an interrupted-and-resumed sweep writes byte-identical tables.
 """
 
 from __future__ import annotations
@@ -26,12 +28,28 @@ TABLE_METRICS = ("balanced_accuracy", "f1", "specificity", "roc_auc")
 DIFF_METRICS = ("balanced_accuracy", "roc_auc")  # shown in table.md; the csv has every metric
 BASELINES = ("none", "classic")
 SHORT = {"balanced_accuracy": "bal. acc.", "f1": "F1", "specificity": "specificity", "roc_auc": "ROC-AUC"}
+# Every metric in the tables is a proportion or an AUC; a paired difference of two lies in [-1, 1].
+RANGE = (0.0, 1.0)
+DIFF_RANGE = (RANGE[0] - RANGE[1], RANGE[1] - RANGE[0])
 
 
-def _fmt(mean: float, half: float) -> str:
-  if not math.isfinite(mean):
+def _interval(values) -> dict:
+  """Mean, the plain t half-width (`ci95`, kept for consumers) and the t interval clipped to RANGE."""
+  mean, half = stats.mean_ci(values)
+  _, lower, upper = stats.mean_ci_bounded(values, *RANGE)
+  clipped = math.isfinite(half) and (mean - half < RANGE[0] or mean + half > RANGE[1])
+  return {"mean": mean, "ci95": half, "ci_lower": lower, "ci_upper": upper, "ci_clipped": clipped}
+
+
+def _fmt(m: dict) -> str:
+  if not math.isfinite(m["mean"]):
     return "-"
-  return f"{mean:.3f} ± {half:.3f}" if math.isfinite(half) else f"{mean:.3f}"
+  if not math.isfinite(m["ci95"]):
+    return f"{m['mean']:.3f}"
+  # A clipped interval is asymmetric, so it shows both ends.
+  if m["ci_clipped"]:
+    return f"{m['mean']:.3f} [{m['ci_lower']:.3f}, {m['ci_upper']:.3f}]"
+  return f"{m['mean']:.3f} ± {m['ci95']:.3f}"
 
 
 def _fmt_diff(d: dict) -> str:
@@ -73,14 +91,15 @@ def summarize(cells: Sequence[Cell], records: dict[str, dict]) -> dict:
     for arm, by_seed in arms.items():
       row = {"dataset": dataset, "n_per_class": n_label(n), "arm": arm, "seeds": len(by_seed)}
       for metric in stats_metrics():
-        mean, half = stats.mean_ci(_values(by_seed, metric, seeds))
-        row[metric] = {"mean": mean, "ci95": half}
+        row[metric] = _interval(_values(by_seed, metric, seeds))
       row["differences"] = {}
       for baseline in BASELINES:
         if baseline not in arms or baseline == arm:
           continue
         row["differences"][baseline] = {
-          metric: stats.compare_paired(_values(by_seed, metric, seeds), _values(arms[baseline], metric, seeds))
+          metric: stats.compare_paired(
+            _values(by_seed, metric, seeds), _values(arms[baseline], metric, seeds), bounds=DIFF_RANGE
+          )
           for metric in stats_metrics()
         }
       rows.append(row)
@@ -109,14 +128,15 @@ def table_markdown(summary: dict) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
       ]
-    cols = [row["arm"], str(row["seeds"])] + [_fmt(row[m]["mean"], row[m]["ci95"]) for m in TABLE_METRICS]
+    cols = [row["arm"], str(row["seeds"])] + [_fmt(row[m]) for m in TABLE_METRICS]
     for b in BASELINES:
       for m in DIFF_METRICS:
         d = row["differences"].get(b, {}).get(m)
         cols.append(_fmt_diff(d) if d else "")
     lines.append("| " + " | ".join(cols) + " |")
   legend = (
-    "Test metrics, mean ± 95% t interval over seeds; Δ: paired (same seed) difference, mean "
+    "Test metrics, mean ± 95% t interval over seeds, clipped to the metrics' range [0, 1] and then shown as "
+    "mean [lower, upper]; Δ: paired (same seed) difference, mean "
     "[percentile-bootstrap 95% interval] and the two-sided sign-flip permutation p-value. "
     "The threshold of each classifier is chosen on validation. With n seeds the permutation "
     "p-value cannot fall below 2/2^n, and with fewer than about 10 seeds the bootstrap interval "
@@ -130,7 +150,7 @@ def table_csv(summary: dict) -> str:
   writer = csv.writer(buffer, lineterminator="\n")
   header = ["dataset", "n_per_class", "arm", "seeds"]
   for m in stats_metrics():
-    header += [f"{m}_mean", f"{m}_ci95"]
+    header += [f"{m}_mean", f"{m}_ci95", f"{m}_ci_lower", f"{m}_ci_upper"]
   for b in BASELINES:
     for m in stats_metrics():
       header += [
@@ -144,7 +164,7 @@ def table_csv(summary: dict) -> str:
   for row in summary["rows"]:
     out = [row["dataset"], row["n_per_class"], row["arm"], row["seeds"]]
     for m in stats_metrics():
-      out += [_num(row[m]["mean"]), _num(row[m]["ci95"])]
+      out += [_num(row[m][k]) for k in ("mean", "ci95", "ci_lower", "ci_upper")]
     for b in BASELINES:
       for m in stats_metrics():
         d = row["differences"].get(b, {}).get(m)
@@ -176,8 +196,7 @@ def cross_summary(cells: Sequence[Cell], records: dict[str, dict], targets: Sequ
       for target in [dataset] + [t for t in targets if t != dataset]:
         cross = None if target == dataset else target
         row["targets"][target] = {
-          m: dict(zip(("mean", "ci95"), stats.mean_ci(_values(by_seed, m, seeds, target=cross))))
-          for m in ("balanced_accuracy", "roc_auc")
+          m: _interval(_values(by_seed, m, seeds, target=cross)) for m in ("balanced_accuracy", "roc_auc")
         }
       rows.append(row)
   return {"targets": list(targets), "rows": rows}
@@ -187,7 +206,8 @@ def cross_markdown(summary: dict) -> str:
   targets = summary["targets"]
   header = ["trained on", "n_per_class", "arm"] + [f"{t}: bal. acc. / ROC-AUC" for t in targets]
   lines = [
-    "Balanced accuracy and ROC-AUC on each dataset's test split (mean ± 95% t interval over seeds); "
+    "Balanced accuracy and ROC-AUC on each dataset's test split (mean ± 95% t interval over seeds, "
+    "clipped to [0, 1] and then shown as mean [lower, upper]); "
     "the threshold is the one chosen on the training dataset's validation split.",
     "",
     "| " + " | ".join(header) + " |",
@@ -197,12 +217,7 @@ def cross_markdown(summary: dict) -> str:
     cols = [row["dataset"], row["n_per_class"], row["arm"]]
     for t in targets:
       m = row["targets"].get(t, {})
-      cols.append(
-        f"{_fmt(m['balanced_accuracy']['mean'], m['balanced_accuracy']['ci95'])} / "
-        f"{_fmt(m['roc_auc']['mean'], m['roc_auc']['ci95'])}"
-        if m
-        else ""
-      )
+      cols.append(f"{_fmt(m['balanced_accuracy'])} / {_fmt(m['roc_auc'])}" if m else "")
     lines.append("| " + " | ".join(cols) + " |")
   return "\n".join(lines) + "\n"
 
@@ -217,10 +232,7 @@ def cross_csv(summary: dict) -> str:
       "arm",
       "seeds",
       "tested_on",
-      "balanced_accuracy_mean",
-      "balanced_accuracy_ci95",
-      "roc_auc_mean",
-      "roc_auc_ci95",
+      *(f"{m}_{k}" for m in ("balanced_accuracy", "roc_auc") for k in ("mean", "ci95", "ci_lower", "ci_upper")),
     ]
   )
   for row in summary["rows"]:
@@ -232,10 +244,11 @@ def cross_csv(summary: dict) -> str:
           row["arm"],
           row["seeds"],
           target,
-          _num(m["balanced_accuracy"]["mean"]),
-          _num(m["balanced_accuracy"]["ci95"]),
-          _num(m["roc_auc"]["mean"]),
-          _num(m["roc_auc"]["ci95"]),
+          *(
+            _num(m[metric][k])
+            for metric in ("balanced_accuracy", "roc_auc")
+            for k in ("mean", "ci95", "ci_lower", "ci_upper")
+          ),
         ]
       )
   return buffer.getvalue()
@@ -278,10 +291,12 @@ def accuracy_figure(summary: dict, path: Path, metric: str = "balanced_accuracy"
     for arm in dict.fromkeys(r["arm"] for r in rows):
       points = [next((r for r in rows if r["arm"] == arm and r["n_per_class"] == n), None) for n in ns]
       mean = np.array([p[metric]["mean"] if p else np.nan for p in points])
-      half = np.array([p[metric]["ci95"] if p else np.nan for p in points])
+      lower = np.array([p[metric]["ci_lower"] if p else np.nan for p in points])
+      upper = np.array([p[metric]["ci_upper"] if p else np.nan for p in points])
       x = np.arange(len(ns))
       ax.plot(x, mean, marker="o", label=arm)
-      ax.fill_between(x, mean - np.nan_to_num(half), mean + np.nan_to_num(half), alpha=0.15)
+      # No interval (one seed): a band of zero width at the mean.
+      ax.fill_between(x, np.where(np.isnan(lower), mean, lower), np.where(np.isnan(upper), mean, upper), alpha=0.15)
     ax.set_xticks(np.arange(len(ns)), ns)
     ax.set_xlabel("real training images per class")
     ax.set_ylabel(f"test {SHORT.get(metric, metric)}")
@@ -351,7 +366,10 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
 
   cells = cells_of(config)
   summary = summarize(cells, records)
-  markdown = table_markdown(summary)
+  finished = sum(c.key in records for c in cells)
+  partial = finished < len(cells)
+  # Tables of an unfinished grid (e.g. a shard done before the others) say so in their first line.
+  markdown = (f"# PARTIAL: {finished} of {len(cells)} cells\n\n" if partial else "") + table_markdown(summary)
   (workdir / "table.md").write_text(markdown)
   (workdir / "table.csv").write_text(table_csv(summary))
   out = {
@@ -359,6 +377,7 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
     "config_hash": sweep.hash,
     "cells_finished": len(records),
     "cells_total": len(cells),
+    "partial": partial,
     "table": summary,
     "compute_seconds": timing_summary(records),
     # Who wrote these tables, and which commits computed the cells they summarise.

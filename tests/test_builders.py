@@ -35,7 +35,7 @@ from conftest import (
 )
 from PIL import Image, ImageOps
 
-from vaeaug.data import building, grouping, sources
+from vaeaug.data import building, face_mask_detection, grouping, sources
 from vaeaug.data import images as image_io
 
 DETECTION = "face_mask_detection"
@@ -573,7 +573,22 @@ def test_detection_bad_input_keeps_the_good_faces(detection_with_bad_files):
     (int(r["face_index"]), tuple(int(v) for v in r["box"])) for r in b.rows if r["photo"] == "images/synthetic.png"
   )
   assert synthetic == [(0, (10, 10, 40, 50)), (1, (150, 100, 160, 120)), (6, (110, 20, 140, 60))]
-  assert b.report.skips["warnings"] == {"photo size differs from XML (boxes clipped to the photo)": 1}
+  # Boxes reaching past the photo: the synthetic face 1 and any in the real sample.
+  outside = 1
+  for s in DETECTION_BAD_SAMPLE:
+    width, height = Image.open(folder / "images" / f"{s}.jpg").size
+    boxes = [box for _, box in voc_objects(folder / "annotations" / f"{s}.xml")]
+    outside += sum(b[0] < 0 or b[1] < 0 or b[2] > width or b[3] > height for b in boxes)
+  not_square = sum(int(r["crop_box"][2] - r["crop_box"][0]) != int(r["crop_box"][3] - r["crop_box"][1]) for r in b.rows)
+  assert not_square >= 1  # the synthetic face 1: its square (142, 97, 167, 122) clipped to (142, 97, 160, 120)
+  assert b.report.skips["warnings"] == {
+    "photo size differs from XML (boxes clipped to the photo)": 1,
+    face_mask_detection.BOX_CLIPPED: outside,
+    face_mask_detection.CROP_NOT_SQUARE: not_square,
+  }
+  summary = b.report.summary()
+  assert f"warning {outside:>5}  {face_mask_detection.BOX_CLIPPED}" in summary
+  assert f"warning {not_square:>5}  {face_mask_detection.CROP_NOT_SQUARE}" in summary
   assert not any("passwd" in r["photo"] or "ghost" in r["photo"] for r in b.rows)
 
 

@@ -54,6 +54,46 @@ def test_t_interval_matches_known_quantile():
   assert stats.mean_ci([0.5, np.nan, 0.7])[0] == pytest.approx(0.6)  # a missing seed is skipped
 
 
+def test_bounded_t_interval_is_scipys_t_interval_clipped_to_the_range():
+  from scipy import stats as scipy_stats
+
+  values = [0.81, 0.86, 0.9]
+  expected = scipy_stats.t.interval(0.95, df=2, loc=np.mean(values), scale=scipy_stats.sem(values))
+  mean, lower, upper = stats.mean_ci_bounded(values)
+  assert mean == pytest.approx(np.mean(values)) and (lower, upper) == pytest.approx(expected, rel=1e-9)
+  # Two seeds: t has 1 degree of freedom (t(.975) = 12.71), so the plain interval is .588 +- 4.93.
+  assert stats.mean_ci([0.2, 0.976])[1] == pytest.approx(12.7062 * 0.388, rel=1e-4)
+  assert stats.mean_ci_bounded([0.2, 0.976]) == pytest.approx((0.588, 0.0, 1.0))
+  assert stats.mean_ci_bounded([0.97, 0.99, 0.999]) == pytest.approx((0.986333, 0.9494, 1.0), abs=1e-4)
+  assert stats.mean_ci_bounded([0.1, 0.3], lower=-1, upper=1)[1:] == pytest.approx((-1.0, 1.0))
+  assert np.isnan(stats.mean_ci_bounded([0.7])[1:]).all()
+
+
+def test_tables_keep_intervals_of_proportions_inside_zero_one():
+  config = compare_config.get_config("tiny")
+  config.arms, config.num_seeds = ("none", "classic"), 2
+  cells = sweep.cells_of(config)
+  records = {}
+  for cell in cells:
+    value = (0.2, 0.976)[cell.seed - config.first_seed] if cell.arm.name == "none" else 0.9 + 0.01 * cell.seed
+    records[cell.key] = {"test": {m: value for m in tables.stats_metrics()}}
+  summary = tables.summarize(cells, records)
+  none = next(r for r in summary["rows"] if r["arm"] == "none")
+  spec = none["specificity"]
+  assert (spec["ci_lower"], spec["ci_upper"], spec["ci_clipped"]) == (0.0, 1.0, True)
+  assert spec["ci95"] > 4  # the plain half-width is still there for consumers
+  classic = next(r for r in summary["rows"] if r["arm"] == "classic")["specificity"]
+  assert not classic["ci_clipped"] and classic["ci_lower"] == pytest.approx(classic["mean"] - classic["ci95"])
+  markdown = tables.table_markdown(summary)
+  assert "0.588 [0.000, 1.000]" in markdown and "0.588 ±" not in markdown and "clipped" in markdown
+  header, *rows = [line.split(",") for line in tables.table_csv(summary).splitlines()]
+  row = dict(zip(header, rows[0]))
+  assert (row["specificity_ci_lower"], row["specificity_ci_upper"]) == ("0", "1")
+  for name, value in row.items():  # every interval end of a metric in [0, 1], every difference in [-1, 1]
+    if value and ("_ci_" in name or name.endswith("_mean")):
+      assert -1 <= float(value) <= 1 and ("_diff_" in name or 0 <= float(value)), (name, value)
+
+
 def test_bootstrap_interval_covers_like_the_normal_interval():
   rng = np.random.default_rng(1)
   a, b = rng.normal(1.0, 2.0, 400), np.zeros(400)

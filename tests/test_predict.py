@@ -284,6 +284,21 @@ def test_command_usage_errors_exit_2(run, inputs, tmp_path, capsys):
   assert "--out_dir" in capsys.readouterr().err
 
 
+def test_folders_without_images_exit_2_naming_them(run, inputs, tmp_path, capsys):
+  empty, texts = tmp_path / "empty", tmp_path / "texts"
+  empty.mkdir()
+  texts.mkdir()
+  (texts / "notes.txt").write_text("not an image\n")
+  assert run_in_process(f"--checkpoint={run[0]}", f"--inputs={empty}") == 2
+  out, err = capsys.readouterr()
+  assert out == "" and err == f"error: no image files found in {empty}\n"
+  assert run_in_process(f"--checkpoint={run[0]}", f"--inputs={empty},{texts}") == 2
+  assert capsys.readouterr().err == f"error: no image files found in {empty}, {texts} (1 other entries skipped)\n"
+  # An empty folder beside an image is not a usage error: the image is classified.
+  assert run_in_process(f"--checkpoint={run[0]}", f"--inputs={empty},{inputs['good_files'][0]}") == 0
+  assert "1 classified, 0 failed, 0 skipped" in capsys.readouterr().err
+
+
 def test_text_format(capsys):
   results = [
     {"file": "a.jpg", "label": "with_mask", "probability": 0.91234, "probabilities": {}},

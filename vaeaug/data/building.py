@@ -41,10 +41,10 @@ class SkipLog:
     self.counts[problem] += 1
     self.add_example(problem, path, detail)
 
-  def warn(self, path, problem: str) -> None:
+  def warn(self, path, problem: str, detail: str = "") -> None:
     """Something odd that was handled without skipping (counted, shown in the summary)."""
     self.warnings[problem] += 1
-    self.add_example(f"warning: {problem}", path)
+    self.add_example(f"warning: {problem}", path, detail)
 
   def add_example(self, key: str, path, detail: str = "") -> None:
     shown = self.relative(path) + (f" ({detail})" if detail else "")

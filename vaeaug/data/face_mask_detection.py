@@ -3,7 +3,8 @@
 The download is 853 street and crowd photos with Pascal VOC boxes. Each annotated face becomes one
 example: the box is grown to a square of side `max(w, h) * (1 + margin)` around its centre
 (margin 0.25 by default: forehead, chin and the mask's edges stay in view), then clipped to the
-photo, so crops at a photo's edge are not square (the pipeline resizes). Configs:
+photo, so crops at a photo's edge are not square (the pipeline resizes); the build report counts
+them, and boxes reaching past the photo (clipped to it), as warnings. Configs:
 
   2classes: with_mask, without_mask (mask_weared_incorrect dropped; counted in the build report)
   3classes: with_mask, without_mask, mask_weared_incorrect
@@ -32,6 +33,11 @@ DEFAULT_MARGIN = 0.25
 class DetectionConfig(tfds.core.BuilderConfig):
   class_names: tuple[str, ...] = ALL_CLASSES
   margin: float = DEFAULT_MARGIN
+
+
+# Build-report warnings (faces kept, counted over the faces of every class, so all configs agree).
+BOX_CLIPPED = "face box partly outside the photo (clipped to it)"
+CROP_NOT_SQUARE = "face crop clipped at the photo edge (not square)"
 
 
 def link_keys(photo: str) -> list[str]:
@@ -138,8 +144,14 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
         except voc.BoxError as error:
           skips.add(xml_path, error.problem, f"object {face_index}: {obj.box}")
           continue
+        xmin, ymin, xmax, ymax = obj.box
+        if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
+          skips.warn(xml_path, BOX_CLIPPED, f"object {face_index}: {obj.box} in {width}x{height}")
         crop_box = voc.square_crop_box(box, width, height, config.margin)
         x0, y0, x1, y1 = crop_box
+        # Kept as is (the datasets must not change), but counted: the pipeline resizes it to a square.
+        if x1 - x0 != y1 - y0:
+          skips.warn(xml_path, CROP_NOT_SQUARE, f"object {face_index}: crop {crop_box}")
         faces.append(
           dict(
             image=photo[y0:y1, x0:x1],

@@ -3,8 +3,11 @@ metric with best-parameter tracking, orbax checkpoints with exact resume, metric
 
 Models plug in a `train_step(state, batch, key) -> (state, metrics)` (jit-compiled by the caller;
 derives its randomness from `key` and `state.step`) and an `evaluate(state) -> {name: float}` on
-validation data. The loop never sees test data: callers score test once, after `fit`, with
-`FitResult.state` (the best-on-validation parameters).
+validation data; a non-finite validation `loss`, or a `NonFiniteError` raised by `evaluate` (e.g. for
+NaN model outputs), stops training with the epoch and step named. Other validation metrics may be
+NaN (an AUC with one class present is undefined): such an epoch is just never the best. The loop
+never sees test data: callers score test once, after `fit`, with `FitResult.state` (the
+best-on-validation parameters).
 
 Determinism: data order for epoch e depends only on (seed, e), step randomness on (seed, step), and
 checkpoints hold the train state, the best parameters and the early-stopping record, so a run
@@ -100,9 +103,10 @@ class FitResult:
 
 
 class NonFiniteError(FloatingPointError):
-  """Training produced a non-finite value (a step metric such as loss or grad_norm, or the state
-  about to be saved); the message names the step and the quantities. Nothing non-finite was
-  checkpointed: step metrics are checked before every save, and the saved state itself too."""
+  """Training produced a non-finite value (a step metric such as loss or grad_norm, the validation
+  outputs or loss, or the state about to be saved); the message names the step and the quantities.
+  Nothing non-finite was checkpointed: step metrics are checked before every save, and the saved
+  state itself too."""
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
@@ -182,134 +186,148 @@ def fit(
     "finished": False,
   }
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-  restored = checkpointer.restore_latest(state, best)
-  resumed_from = None
-  if restored is not None:
-    resumed_from, state, best, record = restored
-    state, best = sharding.replicate(state, mesh), sharding.replicate(best, mesh)
-    if config.progress and is_chief:
-      print(
-        f"resuming {workdir} from checkpoint step {resumed_from} ({record['epochs_done']} epochs done)",
-        file=sys.stderr,
-        flush=True,
-      )
-  writer = logs.MetricsWriter(workdir / "metrics.jsonl", resume_step=resumed_from, enabled=is_chief)
-  # Rewritten from the trimmed metrics.jsonl, so a resumed run's curves have no stale or repeated steps.
-  events = logs.EventWriter(workdir, resume_step=resumed_from, enabled=is_chief)
-  if hparams is not None:
-    events.hparams(hparams)
-  events.replay(writer.path)
-
-  step = int(state.step)
-  progress = logs.Progress(total_steps, start_step=step, enabled=config.progress and is_chief)
-
-  last_saved = resumed_from
-
-  def save(step_now):
-    nonlocal last_saved
-    # The step metrics up to here were checked by flush(); this also catches a state that went
-    # non-finite without its metrics showing it (e.g. an optimizer statistic).
-    tree = {"params": state.params, "model_state": state.model_state, "opt_state": state.opt_state, "best": best}
-    if not bool(_all_finite(tree)):
-      raise NonFiniteError(
-        f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
-        f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}"
-      )
-    checkpointer.save(step_now, state, best, record)
-    last_saved = step_now
-
-  pending: list[tuple[int, dict]] = []  # device-side step metrics not yet fetched
-  interval_start, interval_steps = time.perf_counter(), 0
-
-  def flush(step_now, epoch):
-    nonlocal interval_start, interval_steps
-    if not pending:
-      return
-    fetched = jax.device_get([metrics for _, metrics in pending])
-    for (s, _), values in zip(pending, fetched):
-      bad = {name: value for name, value in values.items() if not np.all(np.isfinite(value))}
-      if bad:  # the earliest bad step, with every quantity that went non-finite in it
-        shown = ", ".join(f"{name} ({_first_nonfinite(value)})" for name, value in bad.items())
-        raise NonFiniteError(
-          f"non-finite {shown} at step {s}; training stopped, last checkpoint: "
-          f"{'none' if last_saved is None else f'step {last_saved}'}"
+  try:
+    restored = checkpointer.restore_latest(state, best)
+    resumed_from = None
+    if restored is not None:
+      resumed_from, state, best, record = restored
+      state, best = sharding.replicate(state, mesh), sharding.replicate(best, mesh)
+      if config.progress and is_chief:
+        print(
+          f"resuming {workdir} from checkpoint step {resumed_from} ({record['epochs_done']} epochs done)",
+          file=sys.stderr,
+          flush=True,
         )
-    elapsed = time.perf_counter() - interval_start
-    mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
-    rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")
-    line = {"split": "train", "step": step_now, "epoch": epoch, **mean, "img_per_s": round(rate, 1)}
-    writer.write(line)
-    events.write(line)
-    events.flush()  # live curves: on disk at every log interval
-    progress.update(step_now, epoch, config.epochs, {**mean, "img/s": round(rate)})
-    pending.clear()
+    writer = logs.MetricsWriter(workdir / "metrics.jsonl", resume_step=resumed_from, enabled=is_chief)
+    # Rewritten from the trimmed metrics.jsonl, so a resumed run's curves have no stale or repeated steps.
+    events = logs.EventWriter(workdir, resume_step=resumed_from, enabled=is_chief)
+    if hparams is not None:
+      events.hparams(hparams)
+    events.replay(writer.path)
+
+    step = int(state.step)
+    progress = logs.Progress(total_steps, start_step=step, enabled=config.progress and is_chief)
+
+    last_saved = resumed_from
+
+    def save(step_now):
+      nonlocal last_saved
+      # The step metrics up to here were checked by flush(); this also catches a state that went
+      # non-finite without its metrics showing it (e.g. an optimizer statistic).
+      tree = {"params": state.params, "model_state": state.model_state, "opt_state": state.opt_state, "best": best}
+      if not bool(_all_finite(tree)):
+        raise NonFiniteError(
+          f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
+          f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}"
+        )
+      checkpointer.save(step_now, state, best, record)
+      last_saved = step_now
+
+    pending: list[tuple[int, dict]] = []  # device-side step metrics not yet fetched
     interval_start, interval_steps = time.perf_counter(), 0
 
-  epoch = record["epochs_done"]
-  start_batch = step - epoch * steps_per_epoch if not record["finished"] else 0
-  while not record["finished"] and epoch < config.epochs:
-    batches = pipeline.epoch_batches(
-      train_data,
-      config.batch_size,
-      seed=config.seed,
-      epoch=epoch,
-      remainder="drop",
-      start_batch=start_batch,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-    # The next batch is gathered and sent to the devices while this step runs.
-    for batch in sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label")):
-      state, metrics = train_step(state, batch, base_key)
-      step += 1
-      interval_steps += 1
-      pending.append((step, metrics))
-      if step % config.log_every_steps == 0:
-        flush(step, epoch)
-      at_epoch_end = step % steps_per_epoch == 0
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not at_epoch_end:
-        flush(step, epoch)
-        save(step)
-    flush(step, epoch)
-    start_batch = 0
+    def flush(step_now, epoch):
+      nonlocal interval_start, interval_steps
+      if not pending:
+        return
+      fetched = jax.device_get([metrics for _, metrics in pending])
+      for (s, _), values in zip(pending, fetched):
+        bad = {name: value for name, value in values.items() if not np.all(np.isfinite(value))}
+        if bad:  # the earliest bad step, with every quantity that went non-finite in it
+          shown = ", ".join(f"{name} ({_first_nonfinite(value)})" for name, value in bad.items())
+          raise NonFiniteError(
+            f"non-finite {shown} at step {s}; training stopped, last checkpoint: "
+            f"{'none' if last_saved is None else f'step {last_saved}'}"
+          )
+      elapsed = time.perf_counter() - interval_start
+      mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
+      rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")
+      line = {"split": "train", "step": step_now, "epoch": epoch, **mean, "img_per_s": round(rate, 1)}
+      writer.write(line)
+      events.write(line)
+      events.flush()  # live curves: on disk at every log interval
+      progress.update(step_now, epoch, config.epochs, {**mean, "img/s": round(rate)})
+      pending.clear()
+      interval_start, interval_steps = time.perf_counter(), 0
 
-    values = {name: float(value) for name, value in evaluate(state).items()}
-    value = values.get(config.selection_metric)
-    if value is None:
-      raise KeyError(f"selection metric {config.selection_metric!r} not among validation metrics {sorted(values)}")
-    epoch_record = {"epoch": epoch, "step": step, **values}
-    record["history"].append(epoch_record)
-    if _improved(value, record["best_value"], config.selection_mode, config.min_delta):
-      record.update(best_value=value, best_epoch=epoch, bad_epochs=0)
-      # A copy: train steps may donate (and so delete) the state's buffers.
-      best = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
-    else:
-      record["bad_epochs"] += 1
-    line = {"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]}
-    writer.write(line)
-    events.write(line)
-    if epoch_hook is not None and is_chief:
-      # Another process may hold part of a global array: the hook gets a host copy then.
-      epoch_hook(state if jax.process_count() == 1 else jax.device_get(state), epoch, step, events)
-    events.flush()
-    if config.progress and is_chief:
-      print(
-        f"epoch {epoch + 1}/{config.epochs} validation {config.selection_metric} {value:.4g} "
-        f"(best {record['best_value']:.4g} at epoch {record['best_epoch'] + 1})",
-        file=sys.stderr,
-        flush=True,
+    epoch = record["epochs_done"]
+    start_batch = step - epoch * steps_per_epoch if not record["finished"] else 0
+    while not record["finished"] and epoch < config.epochs:
+      batches = pipeline.epoch_batches(
+        train_data,
+        config.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        remainder="drop",
+        start_batch=start_batch,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
       )
-    epoch += 1
-    record["epochs_done"] = epoch
-    if config.patience is not None and record["bad_epochs"] >= config.patience:
-      record["stopped_early"] = True
-    record["finished"] = record["stopped_early"] or epoch >= config.epochs
-    # A resume replays the epochs since the last save exactly, so sparser saves cost only redone
-    # work after a kill; on short epochs each save (~50-80 ms) is a large share of the epoch.
-    if record["finished"] or epoch % config.checkpoint_every_epochs == 0:
-      save(step)
-    interval_start = time.perf_counter()  # throughput excludes evaluation and checkpointing
-  checkpointer.close()
+      # The next batch is gathered and sent to the devices while this step runs.
+      for batch in sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label")):
+        state, metrics = train_step(state, batch, base_key)
+        step += 1
+        interval_steps += 1
+        pending.append((step, metrics))
+        if step % config.log_every_steps == 0:
+          flush(step, epoch)
+        at_epoch_end = step % steps_per_epoch == 0
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not at_epoch_end:
+          flush(step, epoch)
+          save(step)
+      flush(step, epoch)
+      start_batch = 0
+
+      where = (
+        f"after epoch {epoch + 1} (step {step}); training stopped, last checkpoint: "
+        f"{'none' if last_saved is None else f'step {last_saved}'}"
+      )
+      try:
+        values = {name: float(value) for name, value in evaluate(state).items()}
+      except NonFiniteError as error:
+        raise NonFiniteError(f"{error} {where}") from error
+      # A validation loss is always defined; NaN there means the model's outputs are.
+      if "loss" in values and not math.isfinite(values["loss"]):
+        raise NonFiniteError(f"non-finite validation loss ({values['loss']}) {where}")
+      value = values.get(config.selection_metric)
+      if value is None:
+        raise KeyError(f"selection metric {config.selection_metric!r} not among validation metrics {sorted(values)}")
+      epoch_record = {"epoch": epoch, "step": step, **values}
+      record["history"].append(epoch_record)
+      if _improved(value, record["best_value"], config.selection_mode, config.min_delta):
+        record.update(best_value=value, best_epoch=epoch, bad_epochs=0)
+        # A copy: train steps may donate (and so delete) the state's buffers.
+        best = jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state})
+      else:
+        record["bad_epochs"] += 1
+      line = {"split": "validation", **epoch_record, "best_epoch": record["best_epoch"]}
+      writer.write(line)
+      events.write(line)
+      if epoch_hook is not None and is_chief:
+        # Another process may hold part of a global array: the hook gets a host copy then.
+        epoch_hook(state if jax.process_count() == 1 else jax.device_get(state), epoch, step, events)
+      events.flush()
+      if config.progress and is_chief:
+        print(
+          f"epoch {epoch + 1}/{config.epochs} validation {config.selection_metric} {value:.4g} "
+          f"(best {record['best_value']:.4g} at epoch {record['best_epoch'] + 1})",
+          file=sys.stderr,
+          flush=True,
+        )
+      epoch += 1
+      record["epochs_done"] = epoch
+      if config.patience is not None and record["bad_epochs"] >= config.patience:
+        record["stopped_early"] = True
+      record["finished"] = record["stopped_early"] or epoch >= config.epochs
+      # A resume replays the epochs since the last save exactly, so sparser saves cost only redone
+      # work after a kill; on short epochs each save (~50-80 ms) is a large share of the epoch.
+      if record["finished"] or epoch % config.checkpoint_every_epochs == 0:
+        save(step)
+      interval_start = time.perf_counter()  # throughput excludes evaluation and checkpointing
+  finally:
+    # On an exception too (Ctrl-C in a notebook, NonFiniteError): pending background saves finish
+    # before the caller, or a rerun in the same process, touches the checkpoints.
+    checkpointer.close()
   events.close()
 
   if record["best_epoch"] < 0:
