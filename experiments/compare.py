@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 from absl import flags, logging
 
-from experiments import configs, tables
+from experiments import configs, tables, validation
 from experiments import sweep as sweep_lib
 from vaeaug import cli
 from vaeaug.training import sharding
@@ -52,13 +52,15 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   config = _CONFIG.value
+  # Every cell's config before the first trains (only the grid for --tables_only, which trains nothing).
+  exit_on_config_error(validation.validate_compare_config, config, grid_only=_TABLES_ONLY.value)
   try:
     # Not relative to the working directory: the same command from any folder resumes the same sweep.
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else configs.results_dir(config.preset)
   except FileNotFoundError as error:
-    sys.exit(f"error: {error}; pass --workdir=DIR")
+    usage_error(f"{error}; pass --workdir=DIR")
   if _TABLES_ONLY.value and not (workdir / "cells.jsonl").is_file():
-    sys.exit(f"error: --tables_only: no cells.jsonl in {workdir} (run the sweep first, or pass its --workdir)")
+    usage_error(f"--tables_only: no cells.jsonl in {workdir} (run the sweep first, or pass its --workdir)")
   if config.distributed:
     sharding.initialize_distributed()
   if config.compilation_cache_dir:
@@ -71,13 +73,28 @@ def main(argv):
     try:
       records = sweep.tables_only_records()
     except sweep_lib.NoCellsOfThisConfig as error:
-      print(f"error: {error}", file=sys.stderr)
-      sys.exit(2)
+      usage_error(str(error))
   else:
     records = sweep.run(index - 1, count)
   if jax.process_index() == 0:
     print(tables.write_outputs(sweep, records))
     print(f"tables, summary and figures in {workdir}")
+
+
+def usage_error(message: str) -> None:
+  """A user mistake: one `error:` line and exit status 2, before anything is written."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def exit_on_config_error(validate, config, **kwargs) -> None:
+  """`validate(config)`; a ConfigError is one `error:` line per problem on stderr and exit 2."""
+  try:
+    validate(config, **kwargs)
+  except validation.ConfigError as error:
+    for problem in error.problems:
+      print(f"error: {problem}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run():

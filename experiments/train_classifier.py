@@ -17,7 +17,7 @@ import jax
 from absl import flags, logging
 
 from classifiers import train
-from experiments import configs
+from experiments import configs, validation
 from vaeaug import cli
 from vaeaug.training import run as run_lib
 from vaeaug.training import sharding
@@ -35,6 +35,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   config = _CONFIG.value
+  try:  # the whole config, before the workdir is made
+    validation.validate_classifier_config(config)
+  except validation.ConfigError as error:
+    print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
+    sys.exit(2)
   if config.distributed:
     sharding.initialize_distributed()
   try:

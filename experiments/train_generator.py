@@ -15,7 +15,7 @@ import sys
 import jax
 from absl import flags, logging
 
-from experiments import configs
+from experiments import configs, validation
 from vaeaug import cli, generators
 from vaeaug.training import run as run_lib
 from vaeaug.training import sharding
@@ -33,6 +33,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   config = _CONFIG.value
+  try:  # the whole config, before the workdir is made
+    validation.validate_generator_config(config)
+  except validation.ConfigError as error:
+    print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
+    sys.exit(2)
   if config.distributed:
     sharding.initialize_distributed()
   try:

@@ -166,7 +166,7 @@ def test_results_dir_is_in_the_checkout_or_an_error(monkeypatch):
 
 def test_unknown_config_name_is_one_line_without_traceback(tmp_path):
   out = run([BIN / "vaeaug-compare", "--config=nope"], tmp_path)
-  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert out.returncode == 2 and "Traceback" not in out.stderr
   (line,) = out.stderr.strip().splitlines()
   assert line.startswith("error: flag --config=nope: 'nope' is neither a config file")
   assert "classifier, compare, default, generator" in line
@@ -175,7 +175,7 @@ def test_unknown_config_name_is_one_line_without_traceback(tmp_path):
 @pytest.mark.parametrize("shard", ["abc", "3/2", "0/2", "1/0"])
 def test_a_bad_shard_is_one_line_before_any_work(shard, tmp_path):
   out = run([BIN / "vaeaug-compare", f"--shard={shard}", f"--workdir={tmp_path / 'sweep'}"], tmp_path)
-  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert out.returncode == 2 and "Traceback" not in out.stderr
   (line,) = out.stderr.strip().splitlines()
   assert line.startswith(f"error: flag --shard={shard}: expected") and not (tmp_path / "sweep").exists()
 
@@ -192,7 +192,7 @@ def test_a_workdir_typo_is_one_line_before_any_work(command, flag, args, tmp_pat
   (tmp_path / "real_run").mkdir()
   (tmp_path / "real_run" / "config.json").write_text("{}")
   out = run([BIN / command, f"--{flag}=typo", *args], tmp_path)
-  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert out.returncode == 2 and "Traceback" not in out.stderr
   (line,) = out.stderr.strip().splitlines()
   assert line == f"error: flag --{flag}=typo: not a training workdir (no config.json there) (--help for the flags)"
   assert not (tmp_path / "x.npz").exists()
@@ -204,9 +204,17 @@ def test_compare_outside_a_checkout_needs_workdir(tmp_path):
     "sys.argv = ['vaeaug-compare', '--config=compare:tiny']; compare.run()"
   )
   out = run([sys.executable, "-c", code], tmp_path)
-  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert out.returncode == 2 and "Traceback" not in out.stderr
   (line,) = out.stderr.strip().splitlines()
   assert "not in a git checkout" in line and line.endswith("pass --workdir=DIR")
+
+
+def test_tables_only_on_a_workdir_typo_is_one_line(tmp_path):
+  out = run([BIN / "vaeaug-compare", "--config=compare:tiny", "--tables_only", "--workdir=typo"], tmp_path)
+  assert out.returncode == 2 and out.stdout == "" and not (tmp_path / "typo").exists()
+  assert (
+    out.stderr.strip() == "error: --tables_only: no cells.jsonl in typo (run the sweep first, or pass its --workdir)"
+  )
 
 
 def test_compare_runs_from_any_folder(detection_built, tmp_path):

@@ -8,6 +8,8 @@ lends it the flags (and, when it has none, the docstring) of the module that def
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import errno
 import functools
 import logging
@@ -31,18 +33,70 @@ _HELP_FLAGS = {
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, but a bad command line is one line on stderr (no traceback), exit 1, and
-  `--help` exits 0 (absl exits 1 after printing the help that was asked for)."""
+  """absl's flag parsing, but a bad command line is one line on stderr (no traceback), exit 2 (a usage
+  error), and `--help` exits 0 (absl exits 1 after printing the help that was asked for)."""
   from absl import flags
 
   try:
-    return flags.FLAGS(argv)
+    with config_override_errors():
+      return flags.FLAGS(argv)
   except flags.Error as error:
-    sys.exit(f"error: {error} (--help for the flags)")
+    print(f"error: {error} (--help for the flags)", file=sys.stderr)
+    sys.exit(2)
   except SystemExit as done:
     if done.code == 1 and asked_for_help(argv):
       sys.exit(0)
     raise
+
+
+@contextlib.contextmanager
+def config_override_errors():
+  """An override of a field the config lacks (`--config.epochs=1` on a sweep config): ml_collections
+  raises a KeyError / AttributeError with a traceback while it applies the override; this ends the
+  command with `error: --config.epochs: no such field in this config (did you mean ...?)`, exit 2.
+  The config flag parses its default as it is defined (at import) and a given --config in
+  `parse_flags`, so both wrap it. Other errors pass through."""
+  try:
+    yield
+  except (KeyError, AttributeError) as error:
+    found = _failed_override(error)
+    if found is None:
+      raise
+    print(f"error: {describe_missing_field(*found)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _failed_override(error: BaseException) -> tuple[str, str, object] | None:
+  """(flag name, override path, config) of the ml_collections config flag whose override raised
+  `error`, from the frame applying it (`_ConfigFlag._parse`); None if it is not such an error."""
+  tb = error.__traceback__
+  while tb is not None:
+    frame = tb.tb_frame
+    owner = frame.f_locals.get("self")
+    if (
+      frame.f_code.co_name == "_parse"
+      and type(owner).__name__ == "_ConfigFlag"
+      and isinstance(frame.f_locals.get("field_path"), str)
+    ):
+      return owner.name, frame.f_locals["field_path"], frame.f_locals.get("config")
+    tb = tb.tb_next
+  return None
+
+
+def describe_missing_field(flag_name: str, field_path: str, config) -> str:
+  """`--config.a.b: no such field in this config (did you mean c?)`, naming the first missing part of
+  `field_path` and the close names at its level of `config`."""
+  parts, holder = field_path.split("."), config
+  for i, part in enumerate(parts):
+    keys = list(holder.keys()) if hasattr(holder, "keys") else []
+    if part not in keys:
+      close = difflib.get_close_matches(part, [str(k) for k in keys], n=3)
+      where = ".".join(parts[: i + 1])
+      options = [f"--{flag_name}." + ".".join([*parts[:i], name]) for name in close]
+      hint = f" (did you mean {' or '.join(options)}?)" if close else ""
+      return f"--{flag_name}.{where}: no such field in this config{hint}"
+    holder = holder[part]
+  return f"--{flag_name}.{field_path}: no such field in this config"
 
 
 def asked_for_help(argv: list[str]) -> bool:

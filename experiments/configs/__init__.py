@@ -14,6 +14,8 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_lib  # the parser class
 
+from vaeaug import cli
+
 # The config flag belongs to the entry point that calls `define_config_flag` (its --help lists it).
 flags.disclaim_key_flags()
 
@@ -61,9 +63,12 @@ def define_config_flag(name: str = "config", default: str = "compare", help_stri
   default_name, colon, arg = default.partition(":")
   if default_name not in names():
     raise ValueError(f"default {default!r} of --{name} is not a packaged config; give {_usage()}")
-  holder = config_flags.DEFINE_config_file(
-    name, str(CONFIG_DIR / f"{default_name}.py") + colon + arg, f"{help_string.rstrip('.')}: {_usage()}.", **kwargs
-  )
+  # Without --config on the command line, the default is parsed (with its --config.x overrides) right
+  # here, at import: an override of a missing field ends the command in one line then too.
+  with cli.config_override_errors():
+    holder = config_flags.DEFINE_config_file(
+      name, str(CONFIG_DIR / f"{default_name}.py") + colon + arg, f"{help_string.rstrip('.')}: {_usage()}.", **kwargs
+    )
   # DEFINE_config_file takes no parser: swap it before any command line is parsed (the default,
   # an absolute path, needs no name resolution).
   flag_values = kwargs.get("flag_values", flags.FLAGS)

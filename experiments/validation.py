@@ -1,0 +1,249 @@
+"""Checks of a whole resolved config before any work, against the registries the code already has.
+
+Each check returns every problem it finds; a `ConfigError` carries them all, one line each
+(`config.classifier.model: 'resnet19' is not a model; choose from cnn96, cnn_bn3, ...`), and the entry
+points print each line as `error: <line>` and exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from classifiers import models as classifier_models
+from experiments import sweep as sweep_lib
+from experiments.configs import compare as compare_configs
+from vaeaug import synthesis
+from vaeaug.data import augment, pipeline, sources
+from vaeaug.models import autoencoders, layers, noise
+from vaeaug.training import run, state
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; `problems` holds one line per bad field (the message joins them)."""
+
+  def __init__(self, problems: list[str]):
+    self.problems = list(problems)
+    super().__init__("\n".join(self.problems))
+
+
+# Fields the sweep sets per cell (dataset, n_per_class, seed, augment) or shares from the top level
+# (checked there once): the nested configs' own values of these are never used as they stand.
+_PER_CELL_FIELDS = ("dataset", "n_per_class", "seed", "augment")
+
+
+def validate_classifier_config(config, *, prefix: str = "config", skip=(), data_cache: dict | None = None) -> None:
+  """ConfigError unless `config` (experiments/configs/classifier.py) can train: known and built
+  dataset, model, head, optimizer, schedule, augment preset, normalization, dtype and sizes."""
+  _raise(_classifier_problems(config, _Checker(prefix, skip, data_cache)))
+
+
+def validate_generator_config(config, *, prefix: str = "config", skip=(), data_cache: dict | None = None) -> None:
+  """ConfigError unless `config` (experiments/configs/generator.py) can train: known and built
+  dataset, autoencoder kind, noise kind, likelihood, upsampling, optimizer, schedule and sizes."""
+  _raise(_generator_problems(config, _Checker(prefix, skip, data_cache)))
+
+
+def validate_compare_config(config, *, grid_only: bool = False) -> None:
+  """ConfigError unless every cell of the sweep `config` (experiments/configs/compare.py) can run:
+  the grid (datasets, n_per_class without repeats, arms, seeds), the synthesis samplers, and the
+  nested classifier and generator configs as each cell gets them. `grid_only` (`--tables_only`): the
+  grid fields alone, and the datasets known but not necessarily built."""
+  check = _Checker("config", (), None if grid_only else {})
+  problems = _grid_problems(config, check)
+  if not grid_only:
+    problems += _sweep_problems(config, check)
+  if not problems:
+    try:  # what the sweep itself refuses (e.g. filter_tau without the 'none' arm)
+      sweep_lib.cells_of(config)
+    except ValueError as error:
+      problems.append(f"config: {error}")
+  _raise(problems)
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def _raise(problems: list[str]) -> None:
+  if problems:
+    raise ConfigError(list(dict.fromkeys(problems)))
+
+
+def _names(values) -> str:
+  return ", ".join(map(str, values))
+
+
+def known_datasets() -> list[str]:
+  """`dataset/config` names of the datasets vaeaug-prepare builds."""
+  from vaeaug.data import building  # deferred: imports TFDS
+
+  return [f"{name}/{config}" for name in sources.RAW_FOLDERS for config in building.all_configs(name)]
+
+
+class _Checker:
+  """Problem lines for fields under `prefix` (fields in `skip` are not checked). `data_cache` maps a
+  (dataset, data_dir) to its problem (None when built); None there: whether it is built is not checked."""
+
+  def __init__(self, prefix: str, skip=(), data_cache: dict | None = None):
+    self.prefix, self.skip, self.data_cache = prefix, set(skip), data_cache
+    self._known = None
+
+  def path(self, field: str) -> str:
+    return f"{self.prefix}.{field}"
+
+  def wanted(self, config, field: str) -> bool:
+    return field not in self.skip and field in config
+
+  def choice(self, config, field: str, choices, what: str, *, key=lambda v: v) -> list[str]:
+    if not self.wanted(config, field):
+      return []
+    value = config[field]
+    if isinstance(value, str) and key(value) in choices:
+      return []
+    return [f"{self.path(field)}: {value!r} is not {what}; choose from {_names(sorted(choices))}"]
+
+  def positive(self, config, field: str, what: str = "a positive integer") -> list[str]:
+    if not self.wanted(config, field):
+      return []
+    value = config[field]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+      return []
+    return [f"{self.path(field)}: {value!r} is not {what}"]
+
+  def n_per_class(self, path: str, value) -> list[str]:
+    try:
+      run.check_n_per_class(value)
+    except ValueError as error:
+      return [f"{path}: {str(error).partition(': ')[2]}"]
+    return []
+
+  def dataset(self, path: str, name, data_dir) -> list[str]:
+    if self._known is None:
+      self._known = known_datasets()
+    if not isinstance(name, str) or name not in self._known:
+      return [f"{path}: {name!r} is not a dataset; choose from {_names(self._known)}"]
+    if self.data_cache is None:
+      return []
+    if (name, data_dir) not in self.data_cache:
+      try:
+        # Opens the built split's files (reads no image); says how to build a missing one.
+        sources.data_source(name, "train", data_dir)
+        self.data_cache[name, data_dir] = None
+      except FileNotFoundError as error:
+        self.data_cache[name, data_dir] = str(error)
+    problem = self.data_cache[name, data_dir]
+    return [f"{path}: {problem}"] if problem else []
+
+
+def _common_problems(config, check: _Checker) -> list[str]:
+  """The fields every trainer shares (experiments/configs/default.py)."""
+  problems = []
+  if check.wanted(config, "dataset"):
+    problems += check.dataset(check.path("dataset"), config.dataset, config.get("data_dir"))
+  if check.wanted(config, "n_per_class"):
+    problems += check.n_per_class(check.path("n_per_class"), config.n_per_class)
+  for field in ("image_size", "batch_size", "eval_batch_size", "epochs"):
+    problems += check.positive(config, field)
+  problems += check.choice(config, "normalization", pipeline._NORMALIZATIONS, "a normalization")
+  problems += check.choice(config, "optimizer", state.OPTIMIZERS, "an optimizer")
+  problems += check.choice(config, "schedule", state.SCHEDULES, "a schedule")
+  problems += check.choice(config, "compute_dtype", layers.COMPUTE_DTYPES, "a compute dtype")
+  return problems
+
+
+def _classifier_problems(config, check: _Checker) -> list[str]:
+  problems = _common_problems(config, check)
+  problems += check.choice(
+    config, "model", classifier_models.MODELS, "a model", key=lambda name: name.lower().replace("-", "_")
+  )
+  problems += check.choice(config, "head", classifier_models.HEADS, "a head")
+  if check.wanted(config, "augment") and isinstance(config.augment, str):  # a dict is an AugmentConfig
+    problems += check.choice(config, "augment", augment.PRESETS, "an augment preset")
+  return problems
+
+
+def _generator_problems(config, check: _Checker) -> list[str]:
+  problems = _common_problems(config, check)
+  problems += check.choice(config, "model", autoencoders.KINDS, "an autoencoder kind")
+  problems += check.choice(config, "likelihood", autoencoders.LIKELIHOODS, "a likelihood")
+  problems += check.choice(config, "upsample", autoencoders.UPSAMPLE_MODES, "an upsample mode")
+  problems += check.positive(config, "latent_dim")
+  if "noise" in config and "noise" not in check.skip:
+    problems += _Checker(check.path("noise")).choice(config.noise, "kind", noise.NOISE_KINDS, "a noise kind")
+  return problems
+
+
+def _arm_names() -> list[str]:
+  generators = list(sweep_lib.GENERATORS)
+  return ["none", "classic", *generators, *(f"classic+{g}" for g in generators)]
+
+
+def _repeats(values) -> list:
+  return [value for value, count in collections.Counter(values).items() if count > 1]
+
+
+def _sequence(config, field: str, check: _Checker, *, empty_ok: bool = False) -> tuple[list, list[str]]:
+  value = config[field]
+  if isinstance(value, (list, tuple)) and (value or empty_ok):
+    return list(value), []
+  return [], [f"{check.path(field)}: {value!r} is not a non-empty tuple"]
+
+
+def _grid_problems(config, check: _Checker) -> list[str]:
+  """datasets, n_per_class, arms, seeds and cross_test_datasets of a sweep config."""
+  data_dir = config.get("data_dir")
+  problems = []
+  for field, empty_ok in (("datasets", False), ("cross_test_datasets", True)):
+    values, bad = _sequence(config, field, check, empty_ok=empty_ok)
+    problems += bad
+    for i, name in enumerate(values):
+      problems += check.dataset(f"config.{field}[{i}]", name, data_dir)
+    problems += [f"config.{field}: {v!r} is listed twice; give each dataset once" for v in _repeats(values)]
+  sizes, bad = _sequence(config, "n_per_class", check)
+  problems += bad
+  for i, n in enumerate(sizes):
+    problems += check.n_per_class(f"config.n_per_class[{i}]", n)
+  problems += [
+    f"config.n_per_class: {n!r} is listed twice; give each size once (the same cells would run twice)"
+    for n in _repeats(sizes)
+  ]
+  arms, bad = _sequence(config, "arms", check)
+  problems += bad
+  for i, arm in enumerate(arms):
+    try:
+      sweep_lib.Arm.parse(arm)
+    except (ValueError, AttributeError, TypeError):
+      problems.append(f"config.arms[{i}]: {arm!r} is not an arm; choose from {_names(_arm_names())}")
+  problems += [f"config.arms: {arm!r} is listed twice; give each arm once" for arm in _repeats(arms)]
+  problems += check.positive(config, "num_seeds", "a number of seeds (1 or more)")
+  if not isinstance(config.first_seed, int) or isinstance(config.first_seed, bool) or config.first_seed < 0:
+    problems.append(f"config.first_seed: {config.first_seed!r} is not a seed (an integer >= 0)")
+  return problems
+
+
+def _sweep_problems(config, check: _Checker) -> list[str]:
+  """Everything but the grid: sizes, classic augment, samplers, and the nested configs as cells get them."""
+  problems = check.positive(config, "image_size") + check.positive(config, "min_epoch_size")
+  problems += check.choice(config, "classic_augment", augment.PRESETS, "an augment preset")
+  synth = _Checker("config.synthesis")
+  for kind in sweep_lib.GENERATORS:
+    problems += synth.choice(config.synthesis, f"{kind}_sampler", synthesis.SAMPLERS, "a sampler")
+  ratios = config.synthesis.synthetic_ratios
+  if (
+    not isinstance(ratios, (list, tuple))
+    or not ratios
+    or any(not isinstance(r, (int, float)) or r <= 0 for r in ratios)
+  ):
+    problems.append(f"config.synthesis.synthetic_ratios: {ratios!r} is not a non-empty tuple of positive ratios")
+  # Every cell's nested configs differ only in the per-cell fields (checked in the grid) and the
+  # generator kind (an arm's): checking each nested config once covers every cell.
+  skip = (*_PER_CELL_FIELDS, *compare_configs.SHARED_FIELDS)
+  problems += _classifier_problems(config.classifier, _Checker("config.classifier", skip))
+  kinds = set()
+  for arm in config.arms:
+    try:
+      kinds.add(sweep_lib.Arm.parse(arm).generator)
+    except (ValueError, AttributeError, TypeError):
+      continue  # reported with the grid
+  if kinds - {None}:  # the sweep sets `model` to each arm's generator kind
+    problems += _generator_problems(config.generator, _Checker("config.generator", (*skip, "model")))
+  return problems
