@@ -639,3 +639,20 @@ def test_nothing_loaded_from_disk_is_unpickled_or_evaluated():
   # The scan did see the code's real loads: the dataset cache, synthetic sets and VOC annotations.
   for expected in ("vaeaug/data/pipeline.py", "vaeaug/synthesis.py", "vaeaug/data/voc.py"):
     assert any(s.startswith(expected) for s in safe), (expected, safe)
+
+
+def test_a_saved_loop_record_is_the_one_at_save_time(tmp_path):
+  """Saves finish in the background: the loop's record, changed right after a save (as the loop does
+  at the next epoch end), must not leak into that checkpoint."""
+  state, best = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+  record = {"epochs_done": 2, "history": [{"epoch": 1}], "finished": False}
+  checkpointer = checkpoints.Checkpointer(tmp_path / "checkpoints")
+  checkpointer.save(8, state, best, record)
+  record["epochs_done"] = 3
+  record["history"].append({"epoch": 2})
+  record["finished"] = True
+  checkpointer.close()
+  checkpointer = checkpoints.Checkpointer(tmp_path / "checkpoints")
+  step, _, _, restored = checkpointer.restore_latest(state, best)
+  checkpointer.close()
+  assert step == 8 and restored == {"epochs_done": 2, "history": [{"epoch": 1}], "finished": False}

@@ -12,6 +12,7 @@ is moved.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -85,7 +86,10 @@ class Checkpointer:
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)
+        state=ocp.args.StandardSave(state),
+        best=ocp.args.StandardSave(best),
+        # A copy: the save finishes in the background while the loop goes on updating its record.
+        loop=ocp.args.JsonSave(copy.deepcopy(loop)),
       ),
       force=True,
     )
