@@ -40,7 +40,7 @@ from experiments import configs
 from vaeaug import cli
 
 CLASSIFIERS = ("cnn96", "cnn_bn3", "cnn_lenet4", "resnet18", "resnet50")
-AUTOENCODERS = ("dae", "vae", "cvae")
+AUTOENCODERS = ("dae", "vae", "cvae", "rvae")
 ALL_MODELS = CLASSIFIERS + AUTOENCODERS
 
 FLAGS = flags.FLAGS
@@ -222,11 +222,12 @@ def jax_setup(name: str, batch: int, image_size: int, compute_dtype: str = "floa
     from experiments.configs import generator as config_lib
     from vaeaug import generators
 
-    config = config_lib.get_config()
+    # The residual VAE as the pool pretraining trains it (generator:pool), the others at the defaults.
+    config = config_lib.get_config("pool" if name == "rvae" else "default")
     config.update(model=name, image_size=image_size, batch_size=batch, optimizer="adam", compute_dtype=compute_dtype)
     state = generators.create_generator_state(config, 2, steps_per_epoch=100)
     step = functools.partial(
-      generators.train_step, beta=config.beta, warmup_steps=500, noise=generators.noise_config(config)
+      generators.train_step, beta=config.beta, warmup_steps=500, options=generators.loss_options(config)
     )
   else:
     from classifiers import train

@@ -258,8 +258,81 @@ class Autoencoder(nn.Module):
     return (0.5 * z.square() + log_scale + 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
 
 
+class ResidualBlock(nn.Module):
+  """`vaeaug.models.residual.ResidualBlock`: act(x + BN(conv(act(BN(conv(x))))))."""
+
+  def __init__(self, c, act):
+    super().__init__()
+    self.branch = nn.Sequential(*_conv_bn(c, c, 3, 1), act(), *_conv_bn(c, c, 3, 1))
+    self.act = act()
+
+  def forward(self, x):
+    return self.act(x + self.branch(x))
+
+
+class ResidualVAE(Autoencoder):
+  """`vaeaug.models.residual.ResidualVAE` (rvae / rcvae): stem, per stage residual blocks + a stride-2
+  conv, dense heads; dense -> per stage x2 sub-pixel (or nearest resize) conv + residual blocks, final
+  3x3 conv; gaussian std bounded as in the JAX model."""
+
+  def __init__(self, jax_model):
+    nn.Module.__init__(self)
+    m = jax_model
+    act = nn.SiLU if m.activation == "silu" else (lambda: nn.LeakyReLU(0.2))
+    self.act = act()
+    self.kind, self.likelihood, self.num_classes = m.kind, m.likelihood, m.num_classes
+    self.bottleneck_shape = m.bottleneck_shape
+    extra = m.num_classes if m.conditional else 0
+    counts = m.blocks_per_stage
+    counts = tuple(counts) if isinstance(counts, (list, tuple)) else (counts,) * len(m.channels)
+    widths = (*m.channels[1:], m.channels[-1])
+    encoder = [*_conv_bn(3 + extra, m.channels[0], 3, 1), act()]
+    for c, cout, n in zip(m.channels, widths, counts):
+      encoder += [ResidualBlock(c, act) for _ in range(n)] + [*_conv_bn(c, cout, 3, 2), act()]
+    self.encoder = nn.Sequential(*encoder)
+    flat = math.prod(m.bottleneck_shape)
+    self.latent_heads = nn.ModuleList([nn.Linear(flat, m.latent_dim) for _ in range(2)])
+    self.dec_dense = nn.Linear(m.latent_dim + extra, flat)
+    self.dec_norm = nn.BatchNorm2d(m.channels[-1], BN_EPSILON, BN_MOMENTUM)
+    decoder, cin = [], m.channels[-1]
+    for c, n in zip((*reversed(m.channels[:-1]), m.channels[0]), reversed(counts)):
+      if m.upsample == "subpixel":
+        decoder += [nn.Conv2d(cin, 4 * c, 3, padding=1, bias=False), nn.PixelShuffle(2)]
+      else:
+        decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, c, 3, padding=1, bias=False)]
+      decoder += [nn.BatchNorm2d(c, BN_EPSILON, BN_MOMENTUM), act()] + [ResidualBlock(c, act) for _ in range(n)]
+      cin = c
+    self.dec_blocks = nn.Sequential(*decoder)
+    self.dec_out = nn.Conv2d(cin, 3, 3, padding=1)
+    self.scale_logit = nn.Parameter(torch.tensor(0.0)) if m.scale_logit is not None else None
+    self.scale_bounds = tuple(math.log(b) for b in m.scale_bounds)
+    self.fixed_log_scale = math.log(m.fixed_scale)
+
+  def decode(self, z, y=None):
+    if y is not None:
+      z = torch.cat([z, y], 1)
+    s, _, c = self.bottleneck_shape
+    h = self.act(self.dec_norm(self.dec_dense(z).view(z.shape[0], c, s, s)))
+    out = self.dec_out(self.dec_blocks(h))
+    return torch.sigmoid(out) if self.likelihood == "gaussian" else out
+
+  def nll(self, out, x):
+    if self.likelihood == "bernoulli":
+      return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum((1, 2, 3))
+    if self.scale_logit is not None:
+      lo, hi = self.scale_bounds
+      log_scale = lo + (hi - lo) * torch.sigmoid(self.scale_logit)
+    else:
+      log_scale = torch.tensor(self.fixed_log_scale)
+    z = (x - out) * torch.exp(-log_scale)
+    return (0.5 * z.square() + log_scale + 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
+
+
 def autoencoder(jax_model) -> nn.Module:
-  """The PyTorch twin of a `vaeaug.models.autoencoders` DAE / VAE / CVAE."""
+  """The PyTorch twin of a `vaeaug.models.autoencoders` DAE / VAE / CVAE or a
+  `vaeaug.models.residual` residual VAE / CVAE."""
+  if jax_model.kind in ("rvae", "rcvae"):
+    return ResidualVAE(jax_model)
   return Autoencoder(jax_model)
 
 
@@ -272,7 +345,7 @@ def autoencoder_step(model, optimizer, images, labels, *, beta=1.0, sigma=0.1):
     (code,) = model.encode(noisy)
     loss = model.nll(model.decode(code), x).mean()
   else:
-    y = F.one_hot(labels, model.num_classes).float() if model.kind == "cvae" else None
+    y = F.one_hot(labels, model.num_classes).float() if model.num_classes > 0 else None  # cvae, rcvae
     mean, logvar = model.encode(x, y)
     z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
     kl = 0.5 * (logvar.exp() + mean.square() - 1.0 - logvar).sum(1)

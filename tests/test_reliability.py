@@ -478,7 +478,7 @@ def test_generator_stops_on_nonfinite_gradient(data, tmp_path):
       generators.losses = real_losses
 
   step_fn = jax.jit(
-    functools.partial(step_with_poison, beta=config.beta, warmup_steps=0, noise=generators.noise_config(config))
+    functools.partial(step_with_poison, beta=config.beta, warmup_steps=0, options=generators.loss_options(config))
   )
   state = generators.create_generator_state(config, 2, steps_per_epoch=3)
   checkpoints.write_run_files(tmp_path, config, data.class_names)  # for the restore below

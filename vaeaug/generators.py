@@ -1,4 +1,4 @@
-"""Autoencoder (DAE, VAE, CVAE) training on the shared loop (`vaeaug.training.loop.fit`).
+"""Generator (any kind of `vaeaug.kinds`: DAE, VAE, CVAE, residual VAE, ...) training on the shared loop (`vaeaug.training.loop.fit`).
 
 The generator of a comparison cell is trained on that cell's real training subset only, with
 model selection on the validation split (lowest validation loss: the negative ELBO for the VAE and
@@ -21,14 +21,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vaeaug import fileio, generator_figures  # imports matplotlib only to draw figures
+from vaeaug import fileio, generator_figures, kinds  # imports matplotlib only to draw figures
 from vaeaug.data import pipeline
 from vaeaug.models import autoencoders
 from vaeaug.models import noise as noise_lib
 from vaeaug.training import checkpoints, logs, loop, run, sharding
 from vaeaug.training.state import TrainState, split_model, step_compiler_options
-
-MODEL_OPTIONS = ("latent_dim", "channels", "upsample", "likelihood", "learned_scale")
 
 
 def noise_config(config) -> noise_lib.NoiseConfig:
@@ -37,12 +35,19 @@ def noise_config(config) -> noise_lib.NoiseConfig:
   )
 
 
+def loss_options(config) -> kinds.LossOptions:
+  return kinds.LossOptions(noise=noise_config(config), free_bits=float(config.get("free_bits") or 0.0))
+
+
 def create_model(config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
-  options = {name: config[name] for name in MODEL_OPTIONS if config.get(name) is not None}
-  if "channels" in options:
-    options["channels"] = tuple(options["channels"])
-  return autoencoders.create_autoencoder(
-    config.model,
+  """The generator of `config.model`, a kind of the registry (`vaeaug.kinds`), built with the config fields
+  that kind takes."""
+  kind = kinds.get(config.model)
+  options = {name: config[name] for name in kind.options if config.get(name) is not None}
+  for name, value in options.items():
+    if isinstance(value, list):  # ConfigDict round trips turn tuples into lists
+      options[name] = tuple(value)
+  return kind.create(
     image_size=config.image_size,
     num_classes=num_classes,
     rngs=rngs,
@@ -56,38 +61,19 @@ def create_generator_state(config, num_classes: int, steps_per_epoch: int) -> Tr
   return run.create_train_state(config, model, steps_per_epoch)
 
 
-def _log_scale(model):
-  scale = getattr(model, "log_scale", None)
-  return None if scale is None else scale[...]
+def losses(model, images, labels, key, *, train: bool, beta, options: kinds.LossOptions):
+  """Per-example loss terms (nats per image) of the model's kind (`GeneratorKind.losses`)."""
+  return kinds.of(model).losses(model, images, labels, key, train=train, beta=beta, options=options)
 
 
-def losses(model, images, labels, key, *, train: bool, beta, noise: noise_lib.NoiseConfig):
-  """Per-example loss terms (nats per image). DAE: reconstruct clean images from corrupted ones.
-  VAE/CVAE: one-sample negative ELBO with the KL weighted by `beta`."""
-  labels = labels if model.conditional else None
-  if model.kind == "dae":
-    noise_key, _ = jax.random.split(key)
-    noisy = noise_lib.corrupt(images, noise_key, noise)
-    code, _ = model.encode(noisy, train=train)
-    nll = autoencoders.reconstruction_nll(model.decode(code, train=train), images, model.likelihood, _log_scale(model))
-    return {"loss": nll, "nll": nll}
-  mean, logvar = model.encode(images, train=train, labels=labels)
-  z = autoencoders.reparameterize(mean, logvar, key)
-  nll = autoencoders.reconstruction_nll(
-    model.decode(z, train=train, labels=labels), images, model.likelihood, _log_scale(model)
-  )
-  kl = autoencoders.kl_divergence(mean, logvar)
-  return {"loss": nll + beta * kl, "nll": nll, "kl": kl, "negative_elbo": nll + kl}
-
-
-def train_step(state: TrainState, batch, base_key, *, beta: float, warmup_steps: int, noise):
+def train_step(state: TrainState, batch, base_key, *, beta: float, warmup_steps: int, options: kinds.LossOptions):
   key = jax.random.fold_in(base_key, state.step)
   images = pipeline.to_float(batch["image"], "unit")
   beta_t = autoencoders.beta_schedule(state.step, beta=beta, warmup_steps=warmup_steps)
   model = state.model()
 
   def loss_fn(model):
-    terms = losses(model, images, batch["label"], key, train=True, beta=beta_t, noise=noise)
+    terms = losses(model, images, batch["label"], key, train=True, beta=beta_t, options=options)
     return terms["loss"].mean(), terms
 
   (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -98,11 +84,15 @@ def train_step(state: TrainState, batch, base_key, *, beta: float, warmup_steps:
   return state.apply_gradients(grads, model_state), metrics
 
 
-def eval_step(state: TrainState, images, labels, key, *, noise):
+def eval_step(state: TrainState, images, labels, key, *, options: kinds.LossOptions):
   """Per-example validation terms with the true ELBO (beta = 1) and reconstruction errors."""
-  model = state.model()
+  return eval_terms(state.model(), images, labels, key, options=options)
+
+
+def eval_terms(model, images, labels, key, *, options: kinds.LossOptions):
+  """`eval_step` of a model (rather than a train state)."""
   x = pipeline.to_float(images, "unit")
-  terms = losses(model, x, labels, key, train=False, beta=1.0, noise=noise)
+  terms = losses(model, x, labels, key, train=False, beta=1.0, options=options)
   reconstruction = model.reconstruct(x, train=False, labels=labels if model.conditional else None)
   squared = jnp.mean((reconstruction - x) ** 2, axis=(1, 2, 3))
   return {**terms, "mse": squared, "psnr": -10.0 * jnp.log10(jnp.maximum(squared, 1e-10))}
@@ -125,12 +115,33 @@ def evaluate_dataset(eval_fn, state, dataset: pipeline.ArrayDataset, batch_size:
   return {name: total / count for name, total in sums.items()}
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _eval_model(graphdef, state, images, labels, key, options):
+  return eval_terms(nnx.merge(graphdef, state), images, labels, key, options=options)
+
+
+def evaluate_model(model, dataset: pipeline.ArrayDataset, options: kinds.LossOptions, mesh, batch_size=256, seed=0):
+  """`evaluate_dataset` of a trained model (e.g. a restored generator on another dataset's validation split)."""
+  graphdef, state = nnx.split(model)
+  eval_fn = lambda _, images, labels, key: _eval_model(graphdef, state, images, labels, key, options)  # noqa: E731
+  return evaluate_dataset(eval_fn, None, dataset, batch_size, mesh, seed=seed)
+
+
 Data = run.Data
+
+
+POOL_DATASET = "pool"
 
 
 def load_data(config) -> Data:
   """The real training images (`run.real_train`: the ones the classifier of the same config sees)
-  and the validation split. Test is never read here."""
+  and the validation split. Test is never read here. `config.dataset == "pool"`: the unlabeled face pool
+  (`vaeaug.data.pool`), split into training and a held-out part for early stopping
+  (`config.pool_validation_fraction`, by group)."""
+  if config.dataset == POOL_DATASET:
+    from vaeaug.data import pool  # deferred: builds or loads the pool (reads every dataset)
+
+    return Data(*pool.pool_splits(config.data_dir, config.image_size, config.get("pool_validation_fraction", 0.05)))
   return run.load_data(config)
 
 
@@ -143,19 +154,24 @@ def train_generator(
   workdir = Path(workdir)
   start = time.perf_counter()
   data = data or load_data(config)
+  if config.get("max_steps"):  # the step cap as an epoch cap (a safety net: early stopping should end training)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.epochs = run.capped_epochs(config, len(data.train))
   setup = run.setup(config, workdir, data, overwrite=overwrite)
   state = create_generator_state(config, len(data.class_names), setup.steps_per_epoch)
-  noise = noise_config(config)
-
-  options = step_compiler_options(config)
+  options = loss_options(config)
+  compiler_options = step_compiler_options(config)
   step_fn = jax.jit(
     functools.partial(
-      train_step, beta=config.beta, warmup_steps=round(config.kl_warmup_epochs * setup.steps_per_epoch), noise=noise
+      train_step,
+      beta=config.beta,
+      warmup_steps=round(config.kl_warmup_epochs * setup.steps_per_epoch),
+      options=options,
     ),
     donate_argnums=0,
-    compiler_options=options,
+    compiler_options=compiler_options,
   )
-  eval_fn = jax.jit(functools.partial(eval_step, noise=noise), compiler_options=options)
+  eval_fn = jax.jit(functools.partial(eval_step, options=options), compiler_options=compiler_options)
 
   def evaluate(state):
     return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, setup.mesh, seed=config.seed)
@@ -193,6 +209,8 @@ def train_generator(
     "best_epoch": result.best_epoch,
     "epochs_run": len(result.history),
     "stopped_early": result.stopped_early,
+    # Ran out of epochs (or of its step cap) instead of stopping early on validation.
+    "capped": not result.stopped_early,
     "validation": validation,
     # Only the VAEs bound a likelihood; a DAE's denoising loss is no ELBO.
     "validation_bits_per_dim": (

@@ -12,6 +12,7 @@ fields differ from the workdir's recorded config is refused before anything is w
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from pathlib import Path
@@ -84,6 +85,14 @@ def plan(config, train_size: int) -> Setup:
   if batch_size < 1:
     raise ValueError(f"{train_size} training examples cannot fill one batch on {mesh.devices.size} devices")
   return Setup(mesh=mesh, batch_size=batch_size, steps_per_epoch=pipeline.num_batches(train_size, batch_size, "drop"))
+
+
+def capped_epochs(config, train_size: int) -> int:
+  """`config.epochs`, fewer when `config.max_steps` (None: no cap) steps come first."""
+  if not config.get("max_steps"):
+    return config.epochs
+  steps_per_epoch = plan(config, train_size).steps_per_epoch
+  return max(1, min(config.epochs, math.ceil(config.max_steps / steps_per_epoch)))
 
 
 class WorkdirConfigMismatch(ValueError):
