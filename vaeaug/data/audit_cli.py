@@ -2,8 +2,12 @@ r"""Leak audit of a built dataset: near-duplicate pairs that cross its splits.
 
   vaeaug-audit --dataset=face_mask12k --config=official        # or: python scripts/audit_data.py
   vaeaug-audit --dataset=face_mask12k --config=grouped --json
+  vaeaug-audit --pool [--image_size=64] [--json]               # the unlabeled face pool
 
-The logic is `vaeaug.data.audit.audit`; this is its command line.
+The logic is `vaeaug.data.audit.audit`; this is its command line. `--pool` builds (or loads from the
+cache) the face pool of `vaeaug.data.pool` and reports how many candidates each dataset gave, how
+many were excluded and that no near-duplicate pair is left between the pool and any validation or
+test image of any dataset config.
 """
 
 import json
@@ -23,10 +27,28 @@ _DATA_DIR = flags.DEFINE_string(
 )
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
 _EXAMPLES = flags.DEFINE_integer("examples", 5, "Example file pairs shown per split pair.")
+_POOL = flags.DEFINE_bool(
+  "pool", False, "Audit the unlabeled face pool (all datasets) instead of one dataset's splits."
+)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "With --pool: side of the pool images.", lower_bound=1)
 
 
 def main(argv):
   del argv
+  if _POOL.value:
+    given = [f"--{name}" for name in ("dataset", "config", "examples") if flags.FLAGS[name].present]
+    if given:  # the pool reads every dataset: a dataset flag would be silently ignored
+      sys.exit(f"error: --pool audits the pool of all datasets; drop {', '.join(given)}")
+    from vaeaug.data import pool  # deferred: only this mode needs it
+
+    try:
+      result = pool.build_pool(_DATA_DIR.value, _IMAGE_SIZE.value)
+    except (FileNotFoundError, ValueError) as error:
+      sys.exit(f"error: {error}")
+    print(json.dumps(result.report, sort_keys=True) if _JSON.value else pool.format_report(result.report))
+    return
+  if flags.FLAGS["image_size"].present:
+    sys.exit("error: --image_size is for --pool only")
   try:
     result = audit.audit(_DATASET.value, _CONFIG.value, data_dir=_DATA_DIR.value, max_examples=_EXAMPLES.value)
   except (FileNotFoundError, ValueError) as error:  # bad paths or input: no traceback
