@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaeaug import synthesis
+from vaeaug import kinds, synthesis
 from vaeaug.data import pipeline
 from vaeaug.models import noise as noise_lib
 
@@ -54,6 +54,68 @@ def image_grid(rows: list[np.ndarray], row_titles: list[str], title: str, path: 
   return _save(figure, path)
 
 
+def pairs_figure(
+  originals: np.ndarray, counterfactuals: np.ndarray, titles, path: Path, title: str = "Counterfactuals"
+) -> Path:
+  """One column per pair: the original above, the counterfactual below (uint8 or float in [0, 1]),
+  `titles[i]` over column i (e.g. "without_mask -> with_mask"); written as `path` (PNG) and the same name
+  with .svg."""
+  originals, counterfactuals, titles = np.asarray(originals), np.asarray(counterfactuals), list(titles)
+  if originals.shape != counterfactuals.shape or originals.ndim != 4 or len(titles) != len(originals):
+    raise ValueError(
+      f"pairs_figure needs matching (n, H, W, 3) originals and counterfactuals and n titles, got "
+      f"{originals.shape}, {counterfactuals.shape} and {len(titles)} titles"
+    )
+  if not len(originals):
+    raise ValueError("pairs_figure needs at least one pair")
+  n = len(originals)
+  figure = _figure((1.25 * n + 1.2, 3.6))
+  figure.suptitle(title)
+  figure.subplots_adjust(top=0.8)  # room for the column titles under the title
+  for c, pair in enumerate(zip(originals, counterfactuals)):
+    for r, image in enumerate(pair):
+      axis = figure.add_subplot(2, n, r * n + c + 1)
+      axis.set_xticks([])
+      axis.set_yticks([])
+      axis.imshow(image if image.dtype == np.uint8 else np.clip(image, 0, 1))
+      if r == 0:
+        axis.set_title(titles[c].replace(" -> ", "\n-> "), fontsize=7)
+      if c == 0:
+        axis.set_ylabel(("original", "counterfactual")[r], fontsize=8)
+  path = _save(figure, Path(path))
+  figure.savefig(path.with_suffix(".svg"), bbox_inches="tight")
+  return path
+
+
+def counterfactual_pairs_figure(
+  synthetic: synthesis.SyntheticSet, train: pipeline.ArrayDataset, path: Path, per_class: int = 4
+) -> Path:
+  """`pairs_figure` of the first `per_class` counterfactuals of each class next to the real `train`
+  images they were made from (provenance `source_index`)."""
+  made = synthetic.sampler == "counterfactual"
+  if not made.any():
+    raise ValueError("counterfactual_pairs_figure needs samples of the 'counterfactual' sampler")
+  if synthetic.class_names != train.class_names:
+    raise ValueError(f"class names differ: {synthetic.class_names} vs {train.class_names}")
+  index = np.concatenate(
+    [np.flatnonzero(made & (synthetic.labels == c))[:per_class] for c in range(len(synthetic.class_names))]
+  )
+  source = synthetic.source_index[index]
+  # the provenance names the real image by index and file: a different `train` would pair wrongly
+  if (source < 0).any() or (source >= len(train)).any() or (train.files[source] != synthetic.source_file[index]).any():
+    raise ValueError("the counterfactuals' source images are not those of this train set (source_index/source_file)")
+  names = synthetic.class_names
+  titles = [f"{names[train.labels[s]]} -> {names[y]}" for s, y in zip(source, synthetic.labels[index])]
+  method = synthetic.options.get("method", "")
+  return pairs_figure(
+    train.images[source],
+    synthetic.images[index],
+    titles,
+    path,
+    f"Counterfactuals ({method})" if method else "Counterfactuals",
+  )
+
+
 def _first_per_class(dataset: pipeline.ArrayDataset, per_class: int) -> np.ndarray:
   return np.concatenate([np.flatnonzero(dataset.labels == c)[:per_class] for c in range(dataset.num_classes)])
 
@@ -68,7 +130,7 @@ def _reconstruction_rows(model, images: np.ndarray, labels: np.ndarray, noise: n
   corruption uses a fixed key."""
   x = jnp.asarray(pipeline.to_float(images))
   rows, titles = [np.asarray(x)], ["input"]
-  if model.kind == "dae":
+  if not kinds.of(model).variational:  # a denoising model: show what it was given
     x = noise_lib.corrupt(x, jax.random.key(0), noise)
     rows.append(np.asarray(x))
     titles.append(f"noisy ({noise.kind})")
@@ -89,9 +151,9 @@ def reconstruction_figure(
 
 
 def _natural_samples(model, source: pipeline.ArrayDataset, noise: noise_lib.NoiseConfig, per_class: int):
-  """(uint8 samples per class, sampler name) with the kind's natural sampler: prior (CVAE),
-  posterior jitter (VAE), denoised real images (DAE), from `source`'s images; seed 0."""
-  sampler = {"cvae": "prior", "vae": "posterior_jitter", "dae": "denoise"}[model.kind]
+  """(uint8 samples per class, sampler name) with the kind's default sampler (`vaeaug.kinds`): prior
+  (CVAE), posterior jitter (VAE), denoised real images (DAE), from `source`'s images; seed 0."""
+  sampler = kinds.of(model).default_sampler
   options = {"noise": noise} if sampler == "denoise" else {}
   synthetic = synthesis.synthesize(model, source, per_class, sampler, seed=0, **options)
   return [synthetic.images[synthetic.labels == c] for c in range(len(source.class_names))], sampler
@@ -156,12 +218,13 @@ def write_generator_figures(workdir: Path, state, data, config) -> dict[str, Pat
   out.mkdir(parents=True, exist_ok=True)
   model = state.model()
   noise = _noise(config)
-  return {
-    "reconstructions": reconstruction_figure(model, data.validation, noise, out / "reconstructions.png"),
-    "samples": samples_figure(model, data.train, noise, out / "samples.png"),
-    "interpolation": interpolation_figure(model, data.validation, out / "interpolation.png"),
-    "curves": curves_figure(Path(workdir) / "metrics.jsonl", out / "curves.png"),
+  draw = {  # the figures a kind lists (`GeneratorKind.figures`)
+    "reconstructions": lambda: reconstruction_figure(model, data.validation, noise, out / "reconstructions.png"),
+    "samples": lambda: samples_figure(model, data.train, noise, out / "samples.png"),
+    "interpolations": lambda: interpolation_figure(model, data.validation, out / "interpolation.png"),
+    "curves": lambda: curves_figure(Path(workdir) / "metrics.jsonl", out / "curves.png"),
   }
+  return {name: draw[name]() for name in kinds.of(model).figures}
 
 
 # ----------------------------------------------------------------------------- TensorBoard

@@ -7,11 +7,13 @@ Overview::
     syn.save("synthetic/vae_s0_jitter.npz")          # .npz + .npz.json sidecar, atomic
     syn = load_synthetic("synthetic/vae_s0_jitter.npz")
     kept, report = filter_by_classifier(syn, predict_proba, tau=0.8)
+    kept, report = filter_by_decision(syn, predict_proba, threshold=0.42)   # or: the classifier's decision
     augmented = combine(train, kept)                  # real + synthetic ArrayDataset
 
 Samplers (``SAMPLERS``), each returning exactly ``per_class`` images for every class of
 ``train.class_names``; randomness is numpy (latents, picks) seeded by ``(seed, class)``, plus a
-jax key for the DAE corruption, so a seed fixes the result:
+jax key for the corruption (``denoise``, ``noise_blur``), so a seed fixes the result. Which
+samplers apply to a model is its kind's business (`vaeaug.kinds`, ``check_sampler``):
 
 * ``prior`` (CVAE only): ``z ~ N(0, temperature^2 I)`` decoded with label ``c``.  An
   unconditional VAE cannot make "class c" images from its prior, and a DAE has no prior.
@@ -26,6 +28,13 @@ jax key for the DAE corruption, so a seed fixes the result:
   (scikit-learn's) fitted to the latent means of the class's training images, sampled and decoded.
 * ``denoise`` (DAE only): a real image of class ``c`` corrupted with ``noise`` (option, default
   the model's ``noise`` attribute) and reconstructed.
+* ``counterfactual``: a real image of another class, turned into class ``c``: a conditional model
+  encodes it with its own label and decodes with ``c`` ("label_swap"); an unconditional one moves
+  its latent mean along the class direction, ``z + strength * (mu_c - mu_source_class)`` with the
+  class means of the training images' latent means ("latent_direction").
+* ``noise_blur`` (no model: a non-learned control for ``denoise``): the same real images as
+  ``denoise`` with the same seed, corrupted with ``noise`` and Gaussian-blurred (``blur_sigma``
+  pixels); :func:`calibrate_blur_sigma` picks the blur closest to a trained DAE's output.
 
 The class label is passed to ``decode``/``encode`` only for a conditional model.
 Nothing here depends on the classifiers: filtering takes a ``predict_proba`` function.
@@ -46,10 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaeaug import fileio
+from vaeaug import fileio, kinds
 from vaeaug.data.pipeline import ArrayDataset, from_float, to_float
 from vaeaug.models.noise import NoiseConfig, corrupt
 
@@ -59,13 +69,19 @@ __all__ = [
   "SyntheticFileError",
   "SyntheticMissingError",
   "SyntheticSet",
+  "calibrate_blur_sigma",
   "combine",
+  "counterfactual_latents",
   "filter_by_classifier",
+  "filter_by_decision",
   "fit_diag_gmm",
+  "gaussian_blur",
   "load_synthetic",
+  "sample_counterfactual",
   "sample_denoise",
   "sample_gmm",
   "sample_interpolation",
+  "sample_noise_blur",
   "sample_posterior_jitter",
   "sample_prior",
   "synthesize",
@@ -344,6 +360,37 @@ def _denoise_jit(graphdef, state, x, key, noise):
   return model.reconstruct(corrupt(x, key, noise), train=False)
 
 
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+  radius = max(1, math.ceil(3.0 * sigma))  # +-3 sigma holds all but 0.3% of the weight
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  kernel = np.exp(-0.5 * (x / sigma) ** 2)
+  return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _blur(x: jax.Array, sigma: float) -> jax.Array:
+  """Separable Gaussian blur of NHWC ``x`` over H and W, mirrored ("symmetric") borders."""
+  if sigma == 0:
+    return x
+  kernel = _gaussian_kernel(sigma)
+  radius = len(kernel) // 2
+  for axis in (1, 2):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(x, pad, mode="symmetric")
+    size = x.shape[axis]
+    x = sum(float(w) * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i, w in enumerate(kernel))
+  return x
+
+
+_blur_jit = jax.jit(_blur, static_argnums=1)
+_corrupt_jit = jax.jit(corrupt, static_argnums=2)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _noise_blur_jit(x, key, noise, sigma):
+  return _blur(corrupt(x, key, noise), sigma)
+
+
 def _batched(fn, n: int, inputs, batch_size: int):
   """Apply ``fn(batch, batch_index)`` over ``inputs`` (pytree of arrays with leading n)."""
   # Batches are padded (repeating the last row) to a power of two <= batch_size, so the
@@ -545,6 +592,13 @@ def sample_gmm(
   )
 
 
+def _corruption_sources(train, per_class, seed) -> np.ndarray:
+  """The real images `denoise` and `noise_blur` corrupt (the same ones for the same seed)."""
+  return np.concatenate(
+    [_class_rng(seed, c).choice(_class_indices(train, c), per_class) for c in range(train.num_classes)]
+  )
+
+
 def sample_denoise(model, train, per_class, seed, *, noise: NoiseConfig | None = None, generator="", batch_size=256):
   """DAE: corrupt a real image of class c with ``noise`` and reconstruct it."""
   noise = noise if noise is not None else getattr(model, "noise", None)
@@ -552,9 +606,7 @@ def sample_denoise(model, train, per_class, seed, *, noise: NoiseConfig | None =
     raise ValueError(
       f"sampler 'denoise' needs noise=NoiseConfig(...) (the model has no 'noise' attribute), got {noise!r}"
     )
-  src = np.concatenate(
-    [_class_rng(seed, c).choice(_class_indices(train, c), per_class) for c in range(train.num_classes)]
-  )
+  src = _corruption_sources(train, per_class, seed)
   graphdef, state = nnx.split(model)
   key = jax.random.key(seed)
   out = _batched(
@@ -577,19 +629,169 @@ def sample_denoise(model, train, per_class, seed, *, noise: NoiseConfig | None =
   )
 
 
+def _blur_sigma(sigma) -> float:
+  if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)):
+    raise ValueError(f"blur sigma must be a number >= 0 (pixels), got {sigma!r}")
+  if not (math.isfinite(sigma) and sigma >= 0):
+    raise ValueError(f"blur sigma must be a finite number >= 0 (pixels), got {sigma!r}")
+  return float(sigma)
+
+
+def gaussian_blur(images, sigma: float) -> jax.Array:
+  """Gaussian blur (std ``sigma`` pixels, separable, mirrored borders) of NHWC images: uint8 or float
+  in [0, 1] in, float32 out. ``sigma = 0``: unchanged."""
+  x = to_float(images) if np.asarray(images).dtype == np.uint8 else jnp.asarray(images, jnp.float32)
+  return _blur_jit(jnp.asarray(x), _blur_sigma(sigma))
+
+
+def sample_noise_blur(
+  model, train, per_class, seed, *, noise: NoiseConfig, blur_sigma: float, generator="", batch_size=256
+):
+  """Control without a model (``model`` is ignored, may be None): the real images ``denoise`` picks
+  with this seed, corrupted with ``noise`` (the same draws as ``denoise`` with the same batch_size)
+  and blurred with std ``blur_sigma`` pixels."""
+  del model
+  if not isinstance(noise, NoiseConfig):
+    raise ValueError(f"sampler 'noise_blur' needs noise=NoiseConfig(...) (the DAE's corruption), got {noise!r}")
+  sigma = _blur_sigma(blur_sigma)
+  src = _corruption_sources(train, per_class, seed)
+  key = jax.random.key(seed)
+  out = _batched(
+    lambda x, b: _noise_blur_jit(x, jax.random.fold_in(key, b), noise, sigma),
+    len(src),
+    to_float(train.images[src]),
+    batch_size,
+  )
+  return _assemble(
+    None,
+    train,
+    train.labels[src],
+    None,
+    seed,
+    "noise_blur",
+    generator or "noise_blur",
+    {"noise": noise, "blur_sigma": sigma},
+    images=np.asarray(from_float(out)),
+    source_index=src,
+  )
+
+
+def calibrate_blur_sigma(
+  denoise_fn: Callable, images, noise: NoiseConfig, sigmas, seed: int = 0, batch_size: int = 256
+) -> tuple[float, dict[float, float]]:
+  """The blur that matches a DAE: ``(best_sigma, {sigma: mse})``.
+
+  ``images`` (validation images, uint8 or float in [0, 1]) are corrupted once with ``noise`` (key
+  from ``seed``); ``denoise_fn`` maps those corrupted float images to denoised ones (e.g. a trained
+  DAE's ``reconstruct``). Each sigma's blur of the same corrupted images is compared with them by
+  mean squared error (float images in [0, 1]); the smallest wins (a tie goes to the smaller sigma).
+  """
+  if not isinstance(noise, NoiseConfig):
+    raise ValueError(f"noise must be a NoiseConfig, got {noise!r}")
+  grid = sorted({_blur_sigma(s) for s in sigmas})
+  if not grid:
+    raise ValueError("calibrate_blur_sigma needs at least one sigma")
+  x = to_float(images) if np.asarray(images).dtype == np.uint8 else np.asarray(images, np.float32)
+  if x.ndim != 4 or len(x) == 0:
+    raise ValueError(f"calibrate_blur_sigma needs a non-empty NHWC batch of images, got shape {x.shape}")
+  key = jax.random.key(seed)
+
+  def errors(batch, b):
+    noisy = _corrupt_jit(batch, jax.random.fold_in(key, b), noise)
+    target = jnp.asarray(denoise_fn(noisy), jnp.float32)
+    if target.shape != noisy.shape:
+      raise ValueError(f"denoise_fn must return images of shape {noisy.shape}, got {target.shape}")
+    return jnp.stack([jnp.mean(jnp.square(_blur_jit(noisy, s) - target), axis=(1, 2, 3)) for s in grid], axis=1)
+
+  mse = _batched(errors, len(x), x, batch_size).mean(0)
+  table = {s: float(m) for s, m in zip(grid, mse)}
+  return grid[int(np.argmin(mse))], table
+
+
+def _counterfactual_sources(train: ArrayDataset, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(source indices, target classes): per target c, images of the other classes (uniform, with
+  replacement), seeded by ``(seed, c)``."""
+  if train.num_classes < 2:
+    raise ValueError(f"sampler 'counterfactual' needs at least two classes, got {train.class_names}")
+  for c in range(train.num_classes):
+    _class_indices(train, c)  # a class without images has no mean to move towards or from
+  src = [_class_rng(seed, c).choice(np.flatnonzero(train.labels != c), per_class) for c in range(train.num_classes)]
+  return np.concatenate(src), np.repeat(np.arange(train.num_classes), per_class)
+
+
+def counterfactual_latents(model, train: ArrayDataset, per_class: int, seed: int, *, strength=1.0, batch_size=256):
+  """What ``sample_counterfactual`` decodes: ``(z, target labels, source indices, method)``.
+
+  Conditional model ("label_swap"): ``z`` is the posterior mean of the source image encoded with its
+  own label (decoded with the target). Unconditional ("latent_direction"): ``z = mean(source) +
+  strength * (mu_target - mu_source_class)``, ``mu_k`` the mean of the latent means of ``train``'s
+  class-k images.
+  """
+  if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)):
+    raise ValueError(f"strength must be a number >= 0, got {strength!r}")
+  if not (math.isfinite(strength) and strength >= 0):
+    raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+  src, target = _counterfactual_sources(train, per_class, seed)
+  if getattr(model, "conditional", False):
+    if strength != 1:
+      raise ValueError(
+        f"a conditional {getattr(model, 'kind', 'model')!r} swaps the label (method label_swap): "
+        f"strength must be 1, got {strength!r}"
+      )
+    z, _ = _encode(model, train.images[src], train.labels[src], batch_size)
+    return z, target, src, "label_swap"
+  mean, _ = _encode(model, train.images, train.labels, batch_size)
+  mean = np.asarray(mean, np.float64)
+  centres = np.stack([mean[train.labels == k].mean(0) for k in range(train.num_classes)])
+  z = mean[src] + float(strength) * (centres[target] - centres[train.labels[src]])
+  return z.astype(np.float32), target, src, "latent_direction"
+
+
+def sample_counterfactual(model, train, per_class, seed, *, strength=1.0, generator="", batch_size=256):
+  """A real image of another class turned into class c (see :func:`counterfactual_latents`)."""
+  z, target, src, method = counterfactual_latents(
+    model, train, per_class, seed, strength=strength, batch_size=batch_size
+  )
+  mix = np.full(len(src), float(strength) if method == "latent_direction" else np.nan)
+  return _assemble(
+    model,
+    train,
+    target,
+    z,
+    seed,
+    "counterfactual",
+    generator,
+    {"strength": float(strength), "method": method},
+    batch_size,
+    source_index=src,
+    mix=mix,
+  )
+
+
 SAMPLERS: dict[str, Callable[..., SyntheticSet]] = {
   "prior": sample_prior,
   "posterior_jitter": sample_posterior_jitter,
   "interpolation": sample_interpolation,
   "gmm": sample_gmm,
   "denoise": sample_denoise,
+  "counterfactual": sample_counterfactual,
+  "noise_blur": sample_noise_blur,
+}
+
+
+# Why a sampler may not apply, added to the registry's refusal.
+_SAMPLER_HINTS = {
+  "prior": "It makes per-class images only with a conditional model (cvae), as an unconditional prior carries "
+  "no class; otherwise use a posterior-based sampler (posterior_jitter, interpolation, gmm, counterfactual).",
+  "denoise": "It needs a DAE (it reconstructs corrupted images).",
 }
 
 
 def synthesize(
   model, train: ArrayDataset, per_class: int, sampler: str, seed: int, generator_name: str = "", **options
 ) -> SyntheticSet:
-  """Validate the request and run ``SAMPLERS[sampler]``."""
+  """Validate the request (the sampler must apply to the model's kind, `vaeaug.kinds`) and run
+  ``SAMPLERS[sampler]``. ``model`` may be None for a model-free sampler (``noise_blur``)."""
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
   if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
@@ -597,18 +799,30 @@ def synthesize(
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   kind = getattr(model, "kind", None)
-  if sampler == "denoise" and kind != "dae":
-    raise ValueError(f"sampler 'denoise' needs a DAE, got a {kind!r} model")
+  if model is not None and sampler not in kinds.MODEL_FREE_SAMPLERS and kind not in kinds.names():
+    raise ValueError(
+      f"cannot check sampler {sampler!r} for a model of kind {kind!r}: not a registered generator kind "
+      f"{kinds.names()} (register it with vaeaug.kinds.register)"
+    )
+  try:
+    kinds.check_sampler(kind, sampler)
+  except ValueError as e:
+    hint = _SAMPLER_HINTS.get(sampler)
+    raise ValueError(f"{e}. {hint}" if hint else str(e)) from None
   if getattr(model, "conditional", False) and model.num_classes != train.num_classes:
     raise ValueError(
       f"conditional model has {model.num_classes} classes, the training set {train.num_classes} ({train.class_names})"
     )
   fn = SAMPLERS[sampler]
-  allowed = set(inspect.signature(fn).parameters) - {"model", "train", "per_class", "seed", "generator"}
+  parameters = inspect.signature(fn).parameters
+  allowed = set(parameters) - {"model", "train", "per_class", "seed", "generator"}
   if set(options) - allowed:
     raise ValueError(
       f"unknown option(s) {sorted(set(options) - allowed)} for sampler {sampler!r}; allowed: {sorted(allowed)}"
     )
+  missing = sorted(k for k in allowed - set(options) if parameters[k].default is inspect.Parameter.empty)
+  if missing:
+    raise ValueError(f"sampler {sampler!r} needs option(s) {missing}")
   return fn(model, train, int(per_class), int(seed), generator=generator_name, **options)
 
 
@@ -672,23 +886,54 @@ def fit_diag_gmm(
 # ----------------------------------------------------------------------------- filtering
 
 
-def filter_by_classifier(synthetic: SyntheticSet, predict_proba, tau: float, batch_size: int = 256):
-  """Keep samples with ``predict_proba(images)[i, label_i] >= tau``; returns (kept, report)."""
+def _probabilities(synthetic: SyntheticSet, predict_proba, batch_size: int) -> np.ndarray:
   n = len(synthetic)
   probs = [np.asarray(predict_proba(synthetic.images[s : s + batch_size])) for s in range(0, n, batch_size)]
   probs = np.concatenate(probs) if probs else np.zeros((0, len(synthetic.class_names)))
   if probs.shape != (n, len(synthetic.class_names)):
     raise ValueError(f"predict_proba must return shape ({n}, {len(synthetic.class_names)}), got {probs.shape}")
-  keep = probs[np.arange(n), synthetic.labels] >= tau
+  return probs
+
+
+def _keep(synthetic: SyntheticSet, keep: np.ndarray, **head):
   kept = synthetic.take(np.flatnonzero(keep))
   total, kept_n = synthetic.class_counts(), kept.class_counts()
   report = {
-    "tau": float(tau),
+    **head,
     "kept": kept_n,
     "total": total,
     "acceptance": {c: (kept_n[c] / total[c] if total[c] else None) for c in total},
   }
   return kept, report
+
+
+def filter_by_classifier(synthetic: SyntheticSet, predict_proba, tau: float, batch_size: int = 256):
+  """Keep samples with ``predict_proba(images)[i, label_i] >= tau``; returns (kept, report)."""
+  probs = _probabilities(synthetic, predict_proba, batch_size)
+  return _keep(synthetic, probs[np.arange(len(synthetic)), synthetic.labels] >= tau, tau=float(tau))
+
+
+def filter_by_decision(synthetic: SyntheticSet, predict_proba, threshold: float | None = None, batch_size: int = 256):
+  """Keep samples whose classifier decision is their label; returns (kept, report).
+
+  Two classes: the decision is class 1 iff ``p[:, 1] >= threshold`` (the operating threshold the
+  classifier chose on validation; None: 0.5). More classes: argmax (``threshold`` must be None).
+  The report is `filter_by_classifier`'s with ``threshold`` (None for argmax) and ``rule``.
+  """
+  num_classes = len(synthetic.class_names)
+  if threshold is not None:
+    if num_classes != 2:
+      raise ValueError(f"a decision threshold needs two classes, got {num_classes} {synthetic.class_names}")
+    if isinstance(threshold, bool) or not (isinstance(threshold, (int, float, np.number)) and 0 <= threshold <= 1):
+      raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+  probs = _probabilities(synthetic, predict_proba, batch_size)
+  if num_classes == 2:
+    threshold = 0.5 if threshold is None else float(threshold)
+    decision = (probs[:, 1] >= threshold).astype(np.int64)
+  else:
+    decision = probs.argmax(1)
+  rule = "threshold" if num_classes == 2 else "argmax"
+  return _keep(synthetic, decision == synthetic.labels, threshold=threshold, rule=rule)
 
 
 def synthesize_filtered(
@@ -698,19 +943,32 @@ def synthesize_filtered(
   sampler: str,
   seed: int,
   predict_proba,
-  tau: float,
+  tau: float | None = None,
   max_rounds: int = 5,
   max_factor: float = 10.0,
   generator_name: str = "",
+  decision_threshold: float | None = None,
   **options,
 ):
   """Sample and filter in rounds until ``per_class`` accepted images per class.
+
+  Filter: with ``tau``, `filter_by_classifier` (probability of the label >= tau); with
+  ``decision_threshold`` or with neither, `filter_by_decision` (the classifier's decision at that
+  threshold, 0.5 / argmax when None). Giving both is an error.
 
   Round r uses seed ``seed`` (r = 0) or one derived from ``(seed, r)``, and draws enough for
   the neediest class at the acceptance seen so far (at most ``max_factor * per_class``).
   Returns (set, report); a class short of ``per_class`` after ``max_rounds`` is listed in
   ``report["shortfall"]`` and warned about.
   """
+  if tau is not None and decision_threshold is not None:
+    raise ValueError(
+      f"give tau (confidence filter) or decision_threshold (decision filter), not both: {tau}, {decision_threshold}"
+    )
+  if tau is None:
+    accept = functools.partial(filter_by_decision, predict_proba=predict_proba, threshold=decision_threshold)
+  else:
+    accept = functools.partial(filter_by_classifier, predict_proba=predict_proba, tau=tau)
   names = train.class_names
   need = {c: per_class for c in names}
   generated, accepted = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
@@ -722,7 +980,7 @@ def synthesize_filtered(
     seeds.append(round_seed)
     n = min(math.ceil(max(need.values()) / max(rate, 1.0 / max_factor)), math.ceil(max_factor * per_class))
     syn = synthesize(model, train, n, sampler, round_seed, generator_name, **options)
-    kept, rep = filter_by_classifier(syn, predict_proba, tau)
+    kept, rep = accept(syn)
     take = []
     for ci, c in enumerate(names):
       generated[c] += rep["total"][c]
@@ -736,7 +994,9 @@ def synthesize_filtered(
   result = functools.reduce(SyntheticSet.concatenate, parts)
   shortfall = {c: k for c, k in need.items() if k}
   report = {
-    "tau": float(tau),
+    "tau": None if tau is None else float(tau),
+    "filter": "confidence" if tau is not None else "decision",
+    "threshold": rep.get("threshold") if seeds else decision_threshold,
     "per_class": per_class,
     "rounds": len(seeds),
     "seeds": seeds,
@@ -749,11 +1009,15 @@ def synthesize_filtered(
   }
   if shortfall:
     warnings.warn(
-      f"synthesize_filtered: after {len(seeds)} rounds (tau={tau}) still short "
+      f"synthesize_filtered: after {len(seeds)} rounds ({_filter_name(tau, report['threshold'])}) still short "
       f"of {per_class} per class: missing {shortfall}",
       stacklevel=2,
     )
   return result, report
+
+
+def _filter_name(tau, threshold) -> str:
+  return f"tau={tau}" if tau is not None else f"decision threshold={threshold}"
 
 
 def combine(real: ArrayDataset, synthetic: SyntheticSet, name: str | None = None) -> ArrayDataset:
