@@ -16,6 +16,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -29,30 +30,13 @@ import numpy as np
 
 from classifiers import metrics as metrics_lib
 from classifiers import train as classifier_train
+from experiments import arms as arms_lib
+from experiments import cell_quality
+from experiments.arms import Arm
 from vaeaug import fileio, generators, provenance, synthesis
 from vaeaug.data import pipeline
 from vaeaug.training import checkpoints, logs, run, sharding
 from vaeaug.training import recipe as recipe_lib
-
-GENERATORS = ("dae", "vae", "cvae")
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-  name: str
-  classic: bool  # classic (geometric + photometric) augmentation on
-  generator: str | None  # which autoencoder's samples are added, if any
-
-  @classmethod
-  def parse(cls, name: str) -> Arm:
-    parts = name.split("+")
-    classic = "classic" in parts
-    rest = [p for p in parts if p != "classic"]
-    if name == "none":
-      return cls(name, False, None)
-    if len(rest) > 1 or any(p not in GENERATORS for p in rest) or len(parts) != len(set(parts)):
-      raise ValueError(f"unknown arm {name!r}: use none, classic, one of {GENERATORS}, or classic+<generator>")
-    return cls(name, classic, rest[0] if rest else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +70,9 @@ def cells_of(config) -> list[Cell]:
     raise ValueError(f"duplicate arms in {tuple(config.arms)}")
   if config.synthesis.filter_tau > 0 and any(a.generator for a in arms) and "none" not in config.arms:
     raise ValueError("synthesis.filter_tau > 0 filters with each cell's 'none' classifier: add the 'none' arm")
+  counterfactual = [a.name for a in arms if a.sampler_name(config.synthesis) == arms_lib.COUNTERFACTUAL]
+  if counterfactual and "none" not in config.arms:
+    raise ValueError(f"{', '.join(counterfactual)} keep what each cell's 'none' classifier agrees with: add 'none'")
   arms.sort(key=lambda a: a.name != "none")
   for n in config.n_per_class:
     run.check_n_per_class(n)
@@ -99,7 +86,13 @@ def cells_of(config) -> list[Cell]:
   ]
 
 
-_NEUTRAL_FIELDS = {"compute_dtype": "float32"}
+_NEUTRAL_FIELDS = {"compute_dtype": "float32", "free_bits": 0.0, "pool_validation_fraction": 0.05}
+# Fields added with the pool, counterfactual and noise+blur arms, which no recorded cell used: at these
+# values they are left out of the hash (a changed value, or changed defaults, give a new hash).
+_NEUTRAL_SYNTHESIS = {"blur_sigma": 1.0, "strength": 1.0}
+_POOL_GENERATOR_AS_ADDED = "94f96b64a6"  # hash of the default/full presets' pool_generator when added
+# Recorded alongside results, never changing them: not hashed.
+_NOT_RESULTS = ("quality",)
 # Recorded cells were hashed before the nested configs referenced the shared top-level fields (see
 # experiments/configs/compare.py); these keep the recipe text of those cells:
 # - the nested configs held their own defaults for these two, never used by a cell (the top-level
@@ -139,6 +132,13 @@ def recipe_of(config_dict: dict) -> dict:
   for key in _NOT_RECIPE + _NOT_RECIPE_SINCE_SHARING:
     recipe.pop(key, None)
   recipe.update(_TOP_LEVEL_BEFORE_SHARING)
+  for key in _NOT_RESULTS:
+    recipe.pop(key, None)
+  for key, value in _NEUTRAL_SYNTHESIS.items():
+    if recipe.get("synthesis", {}).get(key) == value:
+      recipe["synthesis"].pop(key)
+  if "pool_generator" in recipe and _short_hash(recipe["pool_generator"]) == _POOL_GENERATOR_AS_ADDED:
+    recipe.pop("pool_generator")
   for sub in ("classifier", "generator"):
     for key in _HASHED_EXECUTION_FIELDS["nested"]:
       if key in config_dict[sub]:
@@ -154,11 +154,14 @@ def recipe_of(config_dict: dict) -> dict:
   return recipe
 
 
+def _short_hash(value) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def config_hash(config) -> str:
   """Hash of everything that changes a cell's result (not the grid itself, not progress/logging),
   so cells of an extended grid are reused and cells of a changed recipe are not."""
-  text = json.dumps(recipe_of(config.to_dict()), sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:10]
+  return _short_hash(recipe_of(config.to_dict()))
 
 
 # ----------------------------------------------------------------------------- timing
@@ -212,10 +215,7 @@ def repeat_to(dataset: pipeline.ArrayDataset, min_size: int) -> pipeline.ArrayDa
   return dataset if repeats == 1 else dataset.take(np.tile(np.arange(len(dataset)), repeats))
 
 
-def _capped_epochs(sub: ml_collections.ConfigDict, train_size: int) -> int:
-  """`sub.epochs`, fewer when `sub.max_steps` steps come first."""
-  steps_per_epoch = run.plan(sub, train_size).steps_per_epoch
-  return max(1, min(sub.epochs, math.ceil(sub.max_steps / steps_per_epoch)))
+_capped_epochs = run.capped_epochs
 
 
 # ----------------------------------------------------------------------------- per-cell configs
@@ -233,6 +233,20 @@ def generator_config(config, dataset: str, n_per_class, seed: int, kind: str, tr
   sub = cell_config(config.generator, dataset, n_per_class, seed)
   sub.model = kind
   sub.epochs = _capped_epochs(sub, train_size)
+  return sub
+
+
+def pool_generator_config(config, kind: str):
+  """The config of the `kind` generator pretrained on the unlabeled face pool (`config.pool_generator`)."""
+  sub = cell_config(config.pool_generator, generators.POOL_DATASET, None, 0)
+  sub.model = kind
+  return sub
+
+
+def cas_config(config, cell: Cell):
+  """The classifier recipe of a cell, without augmentation: trained on a synthetic set alone (CAS)."""
+  sub = cell_config(config.classifier, *cell.group)
+  sub.augment = "none"
   return sub
 
 
@@ -359,42 +373,76 @@ class Sweep:
     _, model, _ = generators.restore_generator(workdir)
     return model, json.loads(summary_path.read_text())
 
+  def pool_generator(self, kind: str):
+    """(model, summary, workdir) of the `kind` autoencoder pretrained on the unlabeled face pool, shared by
+    every cell (and shard: a file lock lets one process train it while the others wait); resumable."""
+    workdir = self.runs / f"pool_{kind}"
+    summary_path = workdir / "generator_metrics.json"
+    if not summary_path.exists():
+      workdir.mkdir(parents=True, exist_ok=True)
+      with (workdir.parent / f"pool_{kind}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not summary_path.exists():
+          self._say(f"pretraining {kind} on the unlabeled face pool in {workdir}")
+          generators.train_generator(pool_generator_config(self.config, kind), workdir)
+    _, model, _ = generators.restore_generator(workdir)
+    return model, json.loads(summary_path.read_text()), workdir
+
+  def _synthetic_path(self, cell: Cell) -> Path:
+    return self.group_dir(*cell.group) / f"synthetic_{cell.arm.source}.npz"
+
   def synthetic(self, cell: Cell) -> tuple[synthesis.SyntheticSet, dict]:
-    """The largest synthetic set any ratio needs, for the cell group's generator (cached on disk);
-    smaller ratios take a prefix per class, so candidate sets are nested."""
-    kind = cell.arm.generator
-    path = self.group_dir(*cell.group) / f"synthetic_{kind}.npz"
+    """The largest synthetic set any ratio needs, for the cell group's arm source (cached on disk, with
+    its quality); smaller ratios take a prefix per class, so candidate sets are nested."""
+    arm = cell.arm
+    path = self._synthetic_path(cell)
     real = self.real_train(*cell.group)
     per_class = math.ceil(max(self.config.synthesis.synthetic_ratios) * len(real) / real.num_classes)
     info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
+    info_path = Path(str(path) + ".timing.json")
     if not self._synthetic_cached(path):
-      model, summary = self.generator(*cell.group, kind)
-      info["generator_seconds"] = summary["seconds"]
+      model, summary, generator_dir = None, None, None
+      if arm.pool:
+        model, summary, generator_dir = self.pool_generator(arm.kind)
+        info["pool_generator"] = True  # its time is counted once, in the pool workdir
+      elif arm.kind is not None:
+        model, summary = self.generator(*cell.group, arm.kind)
+        info["generator_seconds"] = summary["seconds"]
+        generator_dir = self.group_dir(*cell.group) / f"generator_{arm.kind}"
       start = time.perf_counter()
-      options = self._sampler_options(kind)
-      sampler = self.config.synthesis[f"{kind}_sampler"]
-      if self.config.synthesis.filter_tau > 0:
-        predict = self._none_classifier(cell)
+      sampler = arm.sampler_name(self.config.synthesis)
+      options = self._sampler_options(sampler)
+      name = arm.generator
+      filter_by = self._filter(cell, sampler)
+      if filter_by is not None:
         synthetic, report = synthesis.synthesize_filtered(
-          model,
-          real,
-          per_class,
-          sampler,
-          cell.seed,
-          predict,
-          self.config.synthesis.filter_tau,
-          generator_name=kind,
-          **options,
+          model, real, per_class, sampler, cell.seed, generator_name=name, **filter_by, **options
         )
         info["filter"] = report
       else:
-        synthetic = synthesis.synthesize(model, real, per_class, sampler, cell.seed, generator_name=kind, **options)
+        synthetic = synthesis.synthesize(model, real, per_class, sampler, cell.seed, generator_name=name, **options)
       synthetic.save(path)
       info["synthesis_seconds"] = round(time.perf_counter() - start, 2)
-      fileio.atomic_write_text(Path(str(path) + ".timing.json"), json.dumps(info) + "\n")
-    elif Path(str(path) + ".timing.json").exists():
-      info = {**json.loads(Path(str(path) + ".timing.json").read_text()), "reused": True}
+      info["sampler"] = sampler
+      quality_start = time.perf_counter()
+      info["quality"] = self._quality(cell, model, generator_dir, synthetic, info.get("filter"))
+      info["quality_seconds"] = round(time.perf_counter() - quality_start, 2)
+      fileio.atomic_write_text(info_path, json.dumps(info, default=classifier_train._json_default) + "\n")
+    elif info_path.exists():
+      info = {**json.loads(info_path.read_text()), "reused": True}
     return synthesis.load_synthetic(path), info
+
+  def _filter(self, cell: Cell, sampler: str) -> dict | None:
+    """How the cell's synthetic images are filtered by its `none` classifier: counterfactuals always (kept
+    when the classifier's decision, at its threshold chosen on validation, is the target class); the others
+    when `synthesis.filter_tau` > 0 (the intended class's probability >= tau)."""
+    if sampler == arms_lib.COUNTERFACTUAL:
+      predict, threshold = self._none_classifier(cell)
+      return {"predict_proba": predict, "decision_threshold": threshold}
+    if self.config.synthesis.filter_tau > 0:
+      predict, _ = self._none_classifier(cell)
+      return {"predict_proba": predict, "tau": self.config.synthesis.filter_tau}
+    return None
 
   def _synthetic_cached(self, path: Path) -> bool:
     """Whether `path` holds a complete synthetic set. An npz without its matching sidecar (what a kill
@@ -406,21 +454,71 @@ class Sweep:
     except synthesis.SyntheticMissingError as error:
       self._say(f"warning: {error}; regenerating it")
       return False
+    if not Path(str(path) + ".timing.json").exists():  # killed before its quality was recorded
+      return False
     return True
 
-  def _sampler_options(self, kind: str) -> dict:
-    sampler = self.config.synthesis[f"{kind}_sampler"]
-    if sampler == "denoise":
-      return {"noise": generators.noise_config(self.config.generator)}
-    if sampler in ("prior", "posterior_jitter", "gmm"):
-      return {"temperature": self.config.synthesis.temperature}
-    return {}
+  def _sampler_options(self, sampler: str) -> dict:
+    """The sampler's keyword options from the sweep config: `noise` is the generator config's DAE corruption,
+    any other option the `synthesis` field of the same name (temperature, blur_sigma, strength, ...)."""
+    parameters = inspect.signature(synthesis.SAMPLERS[sampler]).parameters
+    options = {}
+    for name in parameters:
+      if name == "noise":
+        options["noise"] = generators.noise_config(self.config.generator)
+      elif name not in ("model", "train", "per_class", "seed", "generator", "batch_size") and name in (
+        self.config.synthesis
+      ):
+        value = self.config.synthesis[name]
+        options[name] = tuple(value) if isinstance(value, list) else value
+    return options
+
+  def _quality(self, cell: Cell, model, generator_dir: Path | None, synthetic, filter_report) -> dict:
+    """The synthetic set's quality on the cell dataset's validation split (never test): see
+    `experiments.cell_quality`."""
+    splits = self.data.splits(cell.dataset)
+    generator_sub = checkpoints.read_run_config(generator_dir) if generator_dir is not None else None
+    none_classifier = self._none_classifier(cell) if "none" in self.config.arms else None
+    return cell_quality.measure(
+      self.config,
+      model=model,
+      generator_config=generator_sub,
+      synthetic=synthetic,
+      validation=splits["validation"],
+      features=self.feature_extractor(cell.dataset),
+      classifier=none_classifier,
+      filter_report=filter_report,
+      cas_workdir=self._synthetic_path(cell).with_suffix("") / "cas",
+      cas_config=cas_config(self.config, cell),
+      mesh=self.mesh,
+    )
+
+  def feature_extractor(self, dataset: str):
+    """The fixed feature space of a dataset's quality figures: penultimate features of one classifier (the
+    sweep's classifier recipe, seed 0, no augmentation) trained once on all its training images and selected
+    on validation; shared by every cell of the dataset."""
+    if not self.config.quality.enabled:
+      return None
+    workdir = self.runs / "features" / _slug(dataset)
+    if not (workdir / "validation_metrics.json").exists():
+      splits = self.data.splits(dataset)
+      train = repeat_to(splits["train"], self.config.min_epoch_size)
+      sub = cell_config(self.config.classifier, dataset, None, 0)
+      sub.augment = "none"
+      sub.epochs = _capped_epochs(sub, len(train))
+      data = classifier_train.Data(train=train, validation=splits["validation"])
+      classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=False)
+    config, state, _ = classifier_train.restore_best(workdir)
+    embed = jax.jit(functools.partial(classifier_train.embed_step, normalization=config.normalization))
+    return lambda dataset_: classifier_train.predict_probabilities(embed, state, dataset_, 256, self.mesh)
 
   def _none_classifier(self, cell: Cell):
+    """(predict_proba, threshold chosen on validation) of the cell group's `none` classifier."""
     workdir = self.group_dir(*cell.group) / "none"
     config, state, _ = classifier_train.restore_best(workdir)
     predict = jax.jit(functools.partial(classifier_train.eval_step, normalization=config.normalization))
-    return lambda images: np.asarray(predict(state, images))
+    threshold = json.loads((workdir / "test_metrics.json").read_text())["threshold"]
+    return (lambda images: np.asarray(predict(state, images))), threshold
 
   # --- one cell
 
@@ -436,7 +534,7 @@ class Sweep:
     real = self.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
     timing = {}
-    synthetic_counts, ratio, classifier_dir = None, None, workdir
+    synthetic_counts, ratio, classifier_dir, quality = None, None, workdir, None
     if cell.arm.generator is None:
       summary, sub = self._train_classifier(cell, real, workdir, score_test=True)
     else:
@@ -444,8 +542,10 @@ class Sweep:
       timing.update(
         generator_seconds=info.get("generator_seconds", 0.0),
         synthesis_seconds=info.get("synthesis_seconds", 0.0),
+        quality_seconds=info.get("quality_seconds", 0.0),
         generator_reused=info.get("reused", False),
       )
+      quality = info.get("quality")
       ratios = tuple(self.config.synthesis.synthetic_ratios)
       candidates = []
       for r in ratios:
@@ -470,6 +570,9 @@ class Sweep:
       "arm": cell.arm.name,
       "classic": cell.arm.classic,
       "generator": cell.arm.generator,
+      "sampler": cell.arm.sampler_name(self.config.synthesis),
+      "pool": cell.arm.pool,
+      "image_size": self.config.image_size,
       "synthetic_ratio": ratio,
       "synthetic_counts": synthetic_counts,
       "real_train_size": len(real),
@@ -482,11 +585,11 @@ class Sweep:
       "validation": _strip(summary["validation"]),
       "cross": self._cross(cell, classifier_dir, summary["threshold"]),
       "classifier_config": sub.to_dict(),
-      "generator_config": (
-        checkpoints.read_run_config(self.group_dir(*cell.group) / f"generator_{cell.arm.generator}").to_dict()
-        if cell.arm.generator
-        else None
-      ),
+      "generator_config": self._generator_record(cell),
+      # Validation quality of the arm's synthetic set (experiments.cell_quality); None without one.
+      "quality": quality,
+      # The classifier used its whole budget (the step cap or its epochs) instead of stopping early.
+      "capped": not summary["stopped_early"],
       "synthesis_config": self.config.synthesis.to_dict(),
       "timing": {
         **timing,
@@ -497,6 +600,15 @@ class Sweep:
       "provenance": provenance.collect(),
     }
     return record
+
+  def _generator_record(self, cell: Cell) -> dict | None:
+    if cell.arm.kind is None:
+      return None
+    if cell.arm.pool:
+      workdir = self.runs / f"pool_{cell.arm.kind}"
+    else:
+      workdir = self.group_dir(*cell.group) / f"generator_{cell.arm.kind}"
+    return checkpoints.read_run_config(workdir).to_dict()
 
   def _take_ratio(self, synthetic: synthesis.SyntheticSet, real: pipeline.ArrayDataset, ratio: float):
     per_class = math.ceil(ratio * len(real) / real.num_classes)

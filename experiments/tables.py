@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import stats
-from experiments.sweep import GENERATORS, Cell, n_label
+from experiments.sweep import Cell, n_label
 from vaeaug import provenance
 
 TABLE_METRICS = ("balanced_accuracy", "f1", "specificity", "roc_auc")
@@ -310,15 +310,16 @@ def accuracy_figure(summary: dict, path: Path, metric: str = "balanced_accuracy"
 
 
 def sample_grid_figure(
-  sweep, dataset: str, kind: str, n_values: Sequence, seed: int, per_class: int, path: Path
+  sweep, dataset: str, source: str, n_values: Sequence, seed: int, per_class: int, path: Path
 ) -> bool:
   """Rows: n_per_class; columns: `per_class` synthetic images of each class from that cell group's
-  generator. False when none of the synthetic sets exists (runs/ deleted)."""
+  arm source (`Arm.source`: generator and sampler). False when none of the synthetic sets exists (runs/
+  deleted)."""
   from vaeaug import synthesis
 
   rows = []
   for n in n_values:
-    file = sweep.group_dir(dataset, n, seed) / f"synthetic_{kind}.npz"
+    file = sweep.group_dir(dataset, n, seed) / f"synthetic_{source}.npz"
     if not file.exists():
       continue
     synthetic = synthesis.load_synthetic(file)
@@ -351,7 +352,7 @@ def sample_grid_figure(
         ax.set_ylabel(f"n={n_label(n)}", fontsize=8)
       if r == 0 and c % per_class == 0:
         ax.set_title(class_names[c // per_class], fontsize=8, loc="left")
-  fig.suptitle(f"{kind} samples, {dataset} (seed {seed}; rows: real images per class it was trained on)", fontsize=9)
+  fig.suptitle(f"{source} samples, {dataset} (seed {seed}; rows: real images per class it was trained on)", fontsize=9)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
@@ -393,18 +394,18 @@ def write_outputs(sweep, records: dict[str, dict]) -> str:
   figures = workdir / "figures"
   accuracy_figure(summary, figures / "balanced_accuracy_vs_n.png")
   accuracy_figure(summary, figures / "roc_auc_vs_n.png", metric="roc_auc")
-  kinds = [k for k in GENERATORS if any(c.arm.generator == k for c in cells)]
+  sources = list(dict.fromkeys(c.arm.source for c in cells if c.arm.source))  # one synthetic set each
   n_values = list(config.n_per_class)
   for dataset in config.datasets:
-    for kind in kinds:
+    for source in sources:
       sample_grid_figure(
         sweep,
         dataset,
-        kind,
+        source,
         n_values,
         config.first_seed,
         config.synthesis.figure_samples,
-        figures / f"samples_{dataset.replace('/', '-')}_{kind}.png",
+        figures / f"samples_{dataset.replace('/', '-')}_{source}.png",
       )
   return markdown
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import collections
 
 from classifiers import models as classifier_models
+from experiments import arms as arms_lib
 from experiments import sweep as sweep_lib
 from experiments.configs import compare as compare_configs
-from vaeaug import synthesis
+from vaeaug import generators, kinds
 from vaeaug.data import augment, pipeline, sources
 from vaeaug.models import autoencoders, layers, noise
 from vaeaug.training import run, state
@@ -109,6 +110,14 @@ class _Checker:
       return []
     return [f"{self.path(field)}: {value!r} is not {what}"]
 
+  def nonnegative(self, config, field: str, what: str = "a number >= 0") -> list[str]:
+    if not self.wanted(config, field):
+      return []
+    value = config[field]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+      return []
+    return [f"{self.path(field)}: {value!r} is not {what}"]
+
   def n_per_class(self, path: str, value) -> list[str]:
     try:
       run.check_n_per_class(value)
@@ -134,10 +143,11 @@ class _Checker:
     return [f"{path}: {problem}"] if problem else []
 
 
-def _common_problems(config, check: _Checker) -> list[str]:
-  """The fields every trainer shares (experiments/configs/default.py)."""
+def _common_problems(config, check: _Checker, *, pool_ok: bool = False) -> list[str]:
+  """The fields every trainer shares (experiments/configs/default.py); `pool_ok`: the unlabeled face pool
+  is a dataset too (generators)."""
   problems = []
-  if check.wanted(config, "dataset"):
+  if check.wanted(config, "dataset") and not (pool_ok and config.dataset == generators.POOL_DATASET):
     problems += check.dataset(check.path("dataset"), config.dataset, config.get("data_dir"))
   if check.wanted(config, "n_per_class"):
     problems += check.n_per_class(check.path("n_per_class"), config.n_per_class)
@@ -162,8 +172,17 @@ def _classifier_problems(config, check: _Checker) -> list[str]:
 
 
 def _generator_problems(config, check: _Checker) -> list[str]:
-  problems = _common_problems(config, check)
-  problems += check.choice(config, "model", autoencoders.KINDS, "an autoencoder kind")
+  problems = _common_problems(config, check, pool_ok=True)
+  problems += check.choice(config, "model", kinds.names(), "a generator kind")
+  if check.wanted(config, "dataset") and config.get("dataset") == generators.POOL_DATASET:
+    if config.get("model") in kinds.names() and kinds.get(config.model).conditional:
+      problems.append(
+        f"{check.path('dataset')}: the pool has no labels; a conditional kind ({config.model}) cannot train on it"
+      )
+    if config.get("n_per_class") is not None:
+      problems.append(f"{check.path('n_per_class')}: the pool is unlabeled; leave n_per_class None")
+  if "free_bits" in config:
+    problems += check.nonnegative(config, "free_bits")
   problems += check.choice(config, "likelihood", autoencoders.LIKELIHOODS, "a likelihood")
   problems += check.choice(config, "upsample", autoencoders.UPSAMPLE_MODES, "an upsample mode")
   problems += check.positive(config, "latent_dim")
@@ -173,8 +192,7 @@ def _generator_problems(config, check: _Checker) -> list[str]:
 
 
 def _arm_names() -> list[str]:
-  generators = list(sweep_lib.GENERATORS)
-  return ["none", "classic", *generators, *(f"classic+{g}" for g in generators)]
+  return arms_lib.example_names()
 
 
 def _repeats(values) -> list:
@@ -210,8 +228,10 @@ def _grid_problems(config, check: _Checker) -> list[str]:
   problems += bad
   for i, arm in enumerate(arms):
     try:
-      sweep_lib.Arm.parse(arm)
-    except (ValueError, AttributeError, TypeError):
+      arms_lib.Arm.parse(arm)
+    except ValueError as error:
+      problems.append(f"config.arms[{i}]: {error}")
+    except (AttributeError, TypeError):
       problems.append(f"config.arms[{i}]: {arm!r} is not an arm; choose from {_names(_arm_names())}")
   problems += [f"config.arms: {arm!r} is listed twice; give each arm once" for arm in _repeats(arms)]
   problems += check.positive(config, "num_seeds", "a number of seeds (1 or more)")
@@ -225,8 +245,9 @@ def _sweep_problems(config, check: _Checker) -> list[str]:
   problems = check.positive(config, "image_size") + check.positive(config, "min_epoch_size")
   problems += check.choice(config, "classic_augment", augment.PRESETS, "an augment preset")
   synth = _Checker("config.synthesis")
-  for kind in sweep_lib.GENERATORS:
-    problems += synth.choice(config.synthesis, f"{kind}_sampler", synthesis.SAMPLERS, "a sampler")
+  for kind in kinds.names():
+    if f"{kind}_sampler" in config.synthesis:
+      problems += synth.choice(config.synthesis, f"{kind}_sampler", kinds.get(kind).samplers, f"a sampler for {kind}")
   ratios = config.synthesis.synthetic_ratios
   if (
     not isinstance(ratios, (list, tuple))
@@ -238,12 +259,14 @@ def _sweep_problems(config, check: _Checker) -> list[str]:
   # generator kind (an arm's): checking each nested config once covers every cell.
   skip = (*_PER_CELL_FIELDS, *compare_configs.SHARED_FIELDS)
   problems += _classifier_problems(config.classifier, _Checker("config.classifier", skip))
-  kinds = set()
+  parsed = []
   for arm in config.arms:
     try:
-      kinds.add(sweep_lib.Arm.parse(arm).generator)
+      parsed.append(arms_lib.Arm.parse(arm))
     except (ValueError, AttributeError, TypeError):
       continue  # reported with the grid
-  if kinds - {None}:  # the sweep sets `model` to each arm's generator kind
+  if any(arm.kind and not arm.pool for arm in parsed):  # the sweep sets `model` to each arm's generator kind
     problems += _generator_problems(config.generator, _Checker("config.generator", (*skip, "model")))
+  if any(arm.pool for arm in parsed):
+    problems += _generator_problems(config.pool_generator, _Checker("config.pool_generator", (*skip, "model")))
   return problems

@@ -138,7 +138,10 @@ def test_sweep_regenerates_a_set_a_kill_left_without_sidecar(tmp_path, monkeypat
 
   monkeypatch.setattr(sweep.synthesis, "synthesize", synthesize)
   config = ml_collections.ConfigDict(
-    {"synthesis": {"synthetic_ratios": (1.0,), "filter_tau": 0.0, "vae_sampler": "gmm", "temperature": 1.0}}
+    {
+      "synthesis": {"synthetic_ratios": (1.0,), "filter_tau": 0.0, "vae_sampler": "gmm", "temperature": 1.0},
+      "generator": {"noise": {"kind": "gaussian", "sigma": 0.1, "p": 0.05, "mask_fraction": 0.25}},
+    }
   )
   stand_in = types.SimpleNamespace(
     config=config,
@@ -148,7 +151,10 @@ def test_sweep_regenerates_a_set_a_kill_left_without_sidecar(tmp_path, monkeypat
     _say=lambda text: print(text, file=sys.stderr),
   )
   stand_in._synthetic_cached = lambda path: sweep.Sweep._synthetic_cached(stand_in, path)
-  stand_in._sampler_options = lambda kind: sweep.Sweep._sampler_options(stand_in, kind)
+  stand_in._sampler_options = lambda sampler: sweep.Sweep._sampler_options(stand_in, sampler)
+  stand_in._synthetic_path = lambda cell: sweep.Sweep._synthetic_path(stand_in, cell)
+  stand_in._filter = lambda cell, sampler: sweep.Sweep._filter(stand_in, cell, sampler)
+  stand_in._quality = lambda *args: {"n_synthetic": len(args[3])}  # quality has its own tests (test_kinds)
   cell = sweep.Cell("d", 3, 0, sweep.Arm.parse("vae"))
   path = tmp_path / "group" / "synthetic_vae.npz"
 

@@ -114,7 +114,20 @@ def test_arms_parse_and_reject_unknown_names():
   assert sweep.Arm.parse("classic+cvae") == sweep.Arm("classic+cvae", True, "cvae")
   assert sweep.Arm.parse("none") == sweep.Arm("none", False, None)
   assert sweep.Arm.parse("dae").generator == "dae"
-  for bad in ("gan", "classic+classic", "dae+vae", "none+dae"):
+  pool = sweep.Arm.parse("classic+pool_rvae:counterfactual")
+  assert (pool.classic, pool.kind, pool.pool, pool.sampler, pool.source) == (
+    True,
+    "rvae",
+    True,
+    "counterfactual",
+    "pool_rvae-counterfactual",
+  )
+  control = sweep.Arm.parse("noise_blur")
+  assert control.kind is None and control.sampler_name({}) == "noise_blur" and not control.pool
+  # the configured sampler of a kind, else the kind's default
+  assert sweep.Arm.parse("vae").sampler_name({"vae_sampler": "gmm"}) == "gmm"
+  assert sweep.Arm.parse("rvae").sampler_name({}) == "posterior_jitter"
+  for bad in ("gan", "classic+classic", "dae+vae", "none+dae", "vae:denoise", "pool_cvae", "noise_blur:prior"):
     with pytest.raises(ValueError, match="unknown arm"):
       sweep.Arm.parse(bad)
 

@@ -159,28 +159,70 @@ def test_synthesize_cli_round_trip(trained_cvae, tmp_path, monkeypatch):
   assert json.loads(out.with_name(out.name + ".json").read_text())["sampler"] == "prior"
 
 
-def test_evaluate_generator_reports_every_quality_measure(trained_cvae, data32, tmp_path, monkeypatch):
-  test = real_crops(8, 32, "Test")
-  monkeypatch.setattr(generators, "load_data", lambda config: data32)
-  monkeypatch.setattr(generator_eval.pipeline, "load_split", lambda *args, **kwargs: test)
+def test_evaluate_generator_reports_every_quality_measure_on_validation_only(
+  trained_cvae, data32, tmp_path, monkeypatch
+):
+  splits = {"train": data32.train, "validation": data32.validation}
+  monkeypatch.setattr(generator_eval.pipeline, "load_splits", lambda *args, **kwargs: splits)
+  monkeypatch.setattr(generator_eval.pipeline, "load_split", lambda *a, **k: pytest.fail("test split read"))
   classifier_dir = tmp_path / "classifier"
   classifier_train.train_and_evaluate(
     tiny_config(image_size=32, epochs=1),
     classifier_dir,
-    data=classifier_train.Data(train=data32.train, validation=data32.validation, test=test),
+    data=classifier_train.Data(train=data32.train, validation=data32.validation),
+    score_test=False,
   )
   small = tiny_config(image_size=32)
   monkeypatch.setattr(generator_eval.classifier_config, "get_config", small.copy_and_resolve_references)
-  report = generator_eval.evaluate_generator(
-    trained_cvae, classifier_dir=classifier_dir, per_class=10, cas_epochs=1, classifier_model="cnn_bn3"
+  report, row = generator_eval.evaluate_generator(
+    trained_cvae,
+    classifier_dir=classifier_dir,
+    per_class=10,
+    cas_epochs=1,
+    classifier_model="cnn_bn3",
+    sampler="counterfactual",
+    figures_dir=tmp_path / "figures",
   )
   assert report.negative_elbo > 0 and report.bits_per_dim > 0
   assert np.isfinite(report.frechet_distance) and 0 <= report.precision <= 1 and 0 <= report.recall <= 1
-  assert set(report.cas) == {"accuracy", "balanced_accuracy", "roc_auc", "f1"}
+  assert 0 <= report.cas["balanced_accuracy"] <= 1 and "validation half" in report.cas["scored_on"]
   acceptance = report.extra["acceptance"]["acceptance"]
-  assert set(acceptance) == {"with_mask", "without_mask"}
-  assert (trained_cvae / "quality" / "quality_prior.json").is_file()
+  assert set(acceptance) == {"with_mask", "without_mask"} and row["acceptance"] == min(acceptance.values())
+  assert set(generator_eval.ROW_KEYS) <= set(row) and row["generator"] == "cvae" and row["pool"] is False
+  assert isinstance(row["capped"], bool) and row["sampler"] == "counterfactual"
+  assert (trained_cvae / "quality" / "quality_face_mask_detection-2classes_counterfactual.json").is_file()
+  assert (tmp_path / "figures" / "pairs_cvae_counterfactual_32px.png").is_file()
   assert "Frechet" in report.format_table()
+  # quality.json: one row per setting, replaced when the setting is evaluated again
+  table = tmp_path / "quality.json"
+  generator_eval.update_rows(table, row)
+  rows = generator_eval.update_rows(table, {**row, "cas_balanced_accuracy": 0.5})
+  assert len(rows) == 1 and json.loads(table.read_text())[0]["cas_balanced_accuracy"] == 0.5
+  assert "| cvae | counterfactual (strength 1) | no |" in generator_eval.markdown_table(rows)
+  # another setting of a sampler makes another set: its CAS is trained anew, not read from the first's run
+  for temperature in (1.0, 2.0, 2.0):
+    generator_eval.evaluate_generator(
+      trained_cvae,
+      classifier_dir=classifier_dir,
+      per_class=10,
+      cas_epochs=1,
+      sampler="prior",
+      sampler_options={"temperature": temperature},
+    )
+  assert len(list((trained_cvae / "quality").glob("cas_*_prior_*"))) == 2  # the repeated setting reuses its run
+  # the model-free control: its own row, its PSNR that of the noisy blurred validation images
+  _, control = generator_eval.evaluate_generator(
+    trained_cvae,
+    classifier_dir=classifier_dir,
+    per_class=10,
+    cas_epochs=1,
+    sampler="noise_blur",
+    sampler_options={"blur_sigma": 1.0},
+  )
+  assert (control["generator"], control["pool"], control["capped"]) == ("noise_blur", False, None)
+  assert 10 < control["val_psnr_db"] < 40 and control["options"] == {"blur_sigma": 1.0}
+  with pytest.raises(ValueError, match="calibrates against a denoising generator"):
+    generator_eval.evaluate_generator(trained_cvae, classifier_dir=classifier_dir, sampler="noise_blur")
 
 
 def test_step_compiler_options_switch_off_ynn_fusions_with_equal_results():
@@ -205,7 +247,7 @@ def test_step_compiler_options_switch_off_ynn_fusions_with_equal_results():
   for cfg in (with_ynn, config):
     state = generators.create_generator_state(cfg, 2, steps_per_epoch=10)
     step = jax.jit(
-      functools.partial(generators.train_step, beta=cfg.beta, warmup_steps=0, noise=generators.noise_config(cfg)),
+      functools.partial(generators.train_step, beta=cfg.beta, warmup_steps=0, options=generators.loss_options(cfg)),
       compiler_options=step_compiler_options(cfg),
     )
     texts.append(step.lower(state, batch, jax.random.key(0)).compile().as_text())

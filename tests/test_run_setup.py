@@ -198,6 +198,7 @@ def test_num_devices_on_compare_reaches_every_cells_training_mesh(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.splitlines()[-1])
   assert out["devices"] == 2  # without the override each run would take both
-  assert sorted(out["meshes"]) == [["classifiers.train", 1], ["vaeaug.generators", 1]]
+  # the cell's classifier, its quality's feature space and CAS classifiers, and the generator
+  assert sorted(out["meshes"]) == [["classifiers.train", 1]] * 3 + [["vaeaug.generators", 1]]
   assert out["record"]["classifier_config"]["num_devices"] == 1
   assert out["record"]["generator_config"]["num_devices"] == 1

@@ -128,8 +128,13 @@ def test_the_packaged_configs_pass(tiny, detection_built):
     ("classifier.batch_size", 0, "config.classifier.batch_size: 0 is not a positive integer"),
     ("generator.noise.kind", "blur", "config.generator.noise.kind: 'blur' is not a noise kind; choose from "),
     ("generator.likelihood", "poisson", "config.generator.likelihood: 'poisson' is not a likelihood; choose from "),
-    ("synthesis.vae_sampler", "priorr", "config.synthesis.vae_sampler: 'priorr' is not a sampler; choose from "),
-    ("arms", ("none", "dea"), "config.arms[1]: 'dea' is not an arm; choose from none, classic, dae, vae, cvae, "),
+    (
+      "synthesis.vae_sampler",
+      "prior",
+      "config.synthesis.vae_sampler: 'prior' is not a sampler for vae; choose from counterfactual, gmm, ",
+    ),
+    ("arms", ("none", "dea"), "config.arms[1]: unknown arm 'dea': use none, classic, or [classic+]SOURCE[:SAMPLER] "),
+    ("arms", ("none", "pool_cvae"), "config.arms[1]: unknown arm 'pool_cvae': the pool has no labels, so a "),
     ("arms", ("none", "none"), "config.arms: 'none' is listed twice; give each arm once"),
     ("classic_augment", "strong", "config.classic_augment: 'strong' is not an augment preset; choose from "),
     ("image_size", 0, "config.image_size: 0 is not a positive integer"),
@@ -172,6 +177,22 @@ def test_the_sweep_own_rules_are_config_errors(tiny):
   tiny.synthesis.filter_tau, tiny.arms = 0.5, ("cvae",)
   (problem,) = problems_of(validation.validate_compare_config, tiny)
   assert problem.startswith("config: synthesis.filter_tau > 0 filters with each cell's 'none' classifier")
+  tiny.synthesis.filter_tau, tiny.arms = 0.0, ("classic", "pool_rvae:counterfactual")
+  (problem,) = problems_of(validation.validate_compare_config, tiny)
+  assert problem.startswith("config: pool_rvae:counterfactual keep what each cell's 'none' classifier agrees")
+
+
+def test_a_pool_generator_config_is_checked_like_the_others(tiny):
+  tiny.arms = ("none", "pool_rvae")
+  tiny.pool_generator.likelihood = "poisson"
+  (problem,) = problems_of(validation.validate_compare_config, tiny)
+  assert problem.startswith("config.pool_generator.likelihood: 'poisson' is not a likelihood")
+  generator = generator_configs.get_config("pool")
+  generator.model, generator.n_per_class = "rcvae", 10
+  assert problems_of(validation.validate_generator_config, generator) == [
+    "config.dataset: the pool has no labels; a conditional kind (rcvae) cannot train on it",
+    "config.n_per_class: the pool is unlabeled; leave n_per_class None",
+  ]
 
 
 def test_standalone_trainer_configs(detection_built):
@@ -184,6 +205,6 @@ def test_standalone_trainer_configs(detection_built):
   generator = generator_configs.get_config()
   generator.data_dir, generator.model, generator.upsample = detection_built, "gan", "nearest"
   assert problems_of(validation.validate_generator_config, generator) == [
-    "config.model: 'gan' is not an autoencoder kind; choose from cvae, dae, vae",
+    "config.model: 'gan' is not a generator kind; choose from cvae, dae, rcvae, rvae, vae",
     "config.upsample: 'nearest' is not an upsample mode; choose from resize, subpixel, transpose",
   ]

@@ -15,6 +15,13 @@ as `--config.num_devices=1` reaches the training of every cell. `data_seed` None
 own real subset; set, every seed trains on the one subset it draws (initialisation and data order
 still vary with the seed).
 
+Arms (experiments/arms.py): `none`, `classic`, and `[classic+]SOURCE[:SAMPLER]` with SOURCE a generator
+kind of vaeaug.kinds trained on the cell's subset (dae, vae, cvae, rvae, rcvae), `pool_<kind>` (pretrained
+once on the unlabeled face pool with `pool_generator`, shared by every cell) or `noise_blur` (a control
+without a model), e.g. `--config.arms='("none","classic","noise_blur","pool_rvae","pool_rvae:counterfactual")'`.
+Counterfactual arms need the `none` arm: its classifier filters them. `quality` records each synthetic
+set's validation quality in cells.jsonl.
+
 A cell is (dataset, n_per_class, arm, seed). For one (dataset, n_per_class, seed) every arm sees the
 same real training subset (stratified, nested over n_per_class), the same classifier initialisation
 and the same data order, so arms are compared *paired by seed*. A generator (DAE, VAE, CVAE) is
@@ -132,6 +139,25 @@ def get_config(preset: str = "default"):
   # validation) assigns to the intended class with probability >= tau; 0 disables filtering.
   config.synthesis.filter_tau = 0.0
   config.synthesis.figure_samples = 8  # per class, in the sample-grid figures
+  # noise_blur control: the DAE's corruption (config.generator.noise) then a Gaussian blur of this std in
+  # pixels (`synthesis.calibrate_blur_sigma` measures the blur that matches a trained DAE's output).
+  config.synthesis.blur_sigma = 1.0
+  # counterfactual sampler: how far along the class direction in latent space a face is moved (1: from its
+  # class mean to the other's).
+  config.synthesis.strength = 1.0
+
+  # The generator arms `pool_<kind>` share: pretrained once on the unlabeled face pool (vaeaug.data.pool)
+  # at the sweep's image size, stopped early on a held-out 5% of the pool.
+  # The recipe of `vaeaug-train-generator --config=generator:pool`, at the sweep's image size.
+  config.pool_generator = generator_config.get_config("pool")
+  for key in SHARED_FIELDS:
+    del config.pool_generator[key]
+    config.pool_generator[key] = config.get_ref(key)
+
+  # Per-cell quality of synthetic sets, on validation (experiments.cell_quality), in cells.jsonl.
+  config.quality = ml_collections.ConfigDict()
+  config.quality.enabled = True  # validation loss/PSNR, Frechet, k-NN precision/recall, acceptance
+  config.quality.cas = True  # also a classifier trained on the synthetic set alone (one training per set)
 
   config.progress = False  # per-step lines of each cell; the sweep prints one line per cell
   config.log_every_steps = 8
@@ -169,6 +195,14 @@ def get_config(preset: str = "default"):
     config.generator.epochs = 60
     config.min_epoch_size = 4096
   elif preset == "tiny":
+    config.pool_generator.channels = (8, 16)
+    config.pool_generator.blocks_per_stage = (0, 1)
+    config.pool_generator.latent_dim = 8
+    config.pool_generator.epochs = 2
+    config.pool_generator.batch_size = 16
+    config.pool_generator.max_steps = 8
+    config.pool_generator.kl_warmup_epochs = 1.0
+    config.pool_generator.figures = False
     config.image_size = 16
     config.n_per_class = (12,)
     config.num_seeds = 2
