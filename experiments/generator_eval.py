@@ -177,9 +177,8 @@ def evaluate_generator(
     figures_dir.mkdir(parents=True, exist_ok=True)
     changed = {k: v for k, v in (sampler_options or {}).items() if k in ("temperature", "strength") and v != 1.0}
     setting = "".join(f"_{k}{v:g}" for k, v in sorted(changed.items()))
-    name = (
-      f"{sampler if control else ('pool_' if pool else '') + kind.name + '_' + sampler}{setting}_{config.image_size}px"
-    )
+    # named after the generator's workdir, so every figure traces back to the command that made it
+    name = f"{generator_dir.name}_{sampler}{setting}_{config.image_size}px"
     rows = [synthetic.images[synthetic.labels == c][:10] for c in range(len(class_names))]
     generator_figures.image_grid(
       rows, list(class_names), f"{name} samples from {dataset} training images", figures_dir / f"samples_{name}.png"
@@ -227,6 +226,7 @@ def evaluate_generator(
     "acceptance_by_class": acceptance["acceptance"],
     "capped": None if control else not summary["stopped_early"],
     # the generator's training (none for the control, which has no model)
+    "train_size": None if control else summary["train_size"],  # images the generator was trained on
     "epochs_run": None if control else summary["epochs_run"],
     "steps": None if control else summary["steps"],
     "train_img_per_s": None if control else summary.get("train_img_per_s"),
@@ -252,7 +252,15 @@ def update_rows(path: str | Path, row: dict) -> list[dict]:
   rows = json.loads(path.read_text()) if path.exists() else []
   if not isinstance(rows, list):
     raise ValueError(f"{path}: not a JSON list of rows")
-  key = lambda r: (r["generator"], r["sampler"], r["pool"], r["image_size"], r.get("dataset"), _setting(r))  # noqa: E731
+  key = lambda r: (  # noqa: E731
+    r["generator"],
+    r["sampler"],
+    r["pool"],
+    r["image_size"],
+    r.get("dataset"),
+    r.get("train_size"),
+    _setting(r),
+  )
   rows = [r for r in rows if key(r) != key(row)] + [row]
   rows.sort(key=lambda r: (r["pool"], r["generator"], r["sampler"]))
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,13 +289,14 @@ def markdown_table(rows: list[dict]) -> str:
 
   capped = {True: "yes", False: "no", None: "n/a"}
   lines = [
-    "| generator | sampler | pool | val PSNR dB | CAS bal. acc. | Frechet | precision / recall | acceptance (min) "
-    "| capped | epochs |",
-    "|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+    "| generator | sampler | pool | trained on | val PSNR dB | CAS bal. acc. | Frechet | precision / recall "
+    "| acceptance (min) | capped | epochs |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
   ]
   for r in rows:
     lines.append(
-      f"| {r['generator']} | {r['sampler']}{_shown_options(r)} | {'yes' if r['pool'] else 'no'} | {fmt(r['val_psnr_db'], '.2f')} | "
+      f"| {r['generator']} | {r['sampler']}{_shown_options(r)} | {'yes' if r['pool'] else 'no'} | "
+      f"{r.get('train_size') or 'n/a'} | {fmt(r['val_psnr_db'], '.2f')} | "
       f"{fmt(r['cas_balanced_accuracy'])} | {fmt(r['frechet'], '.2f')} | {fmt(r['precision'], '.2f')} / "
       f"{fmt(r['recall'], '.2f')} | {fmt(r['acceptance'], '.2f')} | {capped[r['capped']]} | "
       f"{r.get('epochs_run') or 'n/a'} |"

@@ -25,6 +25,11 @@ for M in dae vae cvae; do
     --config.kl_warmup_epochs=2 --config.progress=False --config.figures=False
 done
 
+# The plain VAE with the recipe that trains until early stopping (all training images, Gaussian likelihood):
+# the same-protocol comparison for the pool-pretrained one.
+[ -f "$RUNS/conv_vae/generator_metrics.json" ] || "$BIN/vaeaug-train-generator" --config=generator:converged \
+  --workdir="$RUNS/conv_vae" --config.model=vae --config.progress=False --config.figures=False
+
 # The residual VAE pretrained on the unlabeled face pool until early stopping (64 px, Gaussian likelihood).
 [ -f "$RUNS/pool_rvae64/generator_metrics.json" ] || "$BIN/vaeaug-train-generator" --config=generator:pool \
   --workdir="$RUNS/pool_rvae64" --config.progress=False
@@ -39,6 +44,7 @@ evaluate "$RUNS/gen_dae" noise_blur                  # the blur matching that DA
 evaluate "$RUNS/gen_vae" posterior_jitter
 evaluate "$RUNS/gen_cvae" prior
 evaluate "$RUNS/gen_cvae" counterfactual
+evaluate "$RUNS/conv_vae" posterior_jitter
 for S in posterior_jitter interpolation gmm counterfactual; do
   evaluate "$RUNS/pool_rvae64" "$S"
 done

@@ -191,14 +191,14 @@ def test_evaluate_generator_reports_every_quality_measure_on_validation_only(
   assert set(generator_eval.ROW_KEYS) <= set(row) and row["generator"] == "cvae" and row["pool"] is False
   assert isinstance(row["capped"], bool) and row["sampler"] == "counterfactual"
   assert (trained_cvae / "quality" / "quality_face_mask_detection-2classes_counterfactual.json").is_file()
-  assert (tmp_path / "figures" / "pairs_cvae_counterfactual_32px.png").is_file()
+  assert (tmp_path / "figures" / f"pairs_{trained_cvae.name}_counterfactual_32px.png").is_file()
   assert "Frechet" in report.format_table()
   # quality.json: one row per setting, replaced when the setting is evaluated again
   table = tmp_path / "quality.json"
   generator_eval.update_rows(table, row)
   rows = generator_eval.update_rows(table, {**row, "cas_balanced_accuracy": 0.5})
   assert len(rows) == 1 and json.loads(table.read_text())[0]["cas_balanced_accuracy"] == 0.5
-  assert "| cvae | counterfactual (strength 1) | no |" in generator_eval.markdown_table(rows)
+  assert f"| cvae | counterfactual | no | {len(data32.train)} |" in generator_eval.markdown_table(rows)
   # another setting of a sampler makes another set: its CAS is trained anew, not read from the first's run
   for temperature in (1.0, 2.0, 2.0):
     generator_eval.evaluate_generator(
