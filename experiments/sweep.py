@@ -475,7 +475,9 @@ class Sweep:
 
   def _quality(self, cell: Cell, model, generator_dir: Path | None, synthetic, filter_report) -> dict:
     """The synthetic set's quality on the cell dataset's validation split (never test): see
-    `experiments.cell_quality`."""
+    `experiments.cell_quality`; None when `quality.enabled` is off."""
+    if not self.config.quality.enabled:
+      return None
     splits = self.data.splits(cell.dataset)
     generator_sub = checkpoints.read_run_config(generator_dir) if generator_dir is not None else None
     none_classifier = self._none_classifier(cell) if "none" in self.config.arms else None

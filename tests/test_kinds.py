@@ -138,6 +138,7 @@ def new_arms_sweep(detection_built, tmp_path_factory):
   config = compare_config.get_config("tiny")
   config.arms = ("none", TOY, "pool_rvae", "pool_rvae:counterfactual", "noise_blur")
   config.num_seeds, config.compilation_cache_dir, config.data_dir = 1, "", detection_built
+  config.quality.enabled = config.quality.cas = True
   workdir = tmp_path_factory.mktemp("new_arms")
   try:
     runner = sweep.Sweep(config, workdir, stream=open(os.devnull, "w"))

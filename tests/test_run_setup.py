@@ -178,7 +178,12 @@ _MESH_RUN = textwrap.dedent("""
   from vaeaug.training import loop
 
   config = test_run_setup.parse_compare(
-    "--config.num_devices=1", "--config.arms=('cvae',)", "--config.num_seeds=1", "--config.compilation_cache_dir="
+    "--config.num_devices=1",
+    "--config.arms=('cvae',)",
+    "--config.num_seeds=1",
+    "--config.compilation_cache_dir=",
+    "--config.quality.enabled=True",
+    "--config.quality.cas=True",
   )
   pipeline.load_splits = test_run_setup.fake_load_splits
   meshes, real_fit = [], loop.fit

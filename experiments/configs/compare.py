@@ -195,6 +195,9 @@ def get_config(preset: str = "default"):
     config.generator.epochs = 60
     config.min_epoch_size = 4096
   elif preset == "tiny":
+    # Quality has its own tests (tests/test_kinds.py turns it on): the other tiny sweeps skip its classifiers.
+    config.quality.enabled = False
+    config.quality.cas = False
     config.pool_generator.channels = (8, 16)
     config.pool_generator.blocks_per_stage = (0, 1)
     config.pool_generator.latent_dim = 8
