@@ -29,8 +29,8 @@ trained on exactly that real subset (never on validation or test) and shared by 
 
 Presets (2-core CPU figures measured with the commands above; see experiments/results/README.md):
 * default - face_mask_detection/2classes at 32 px, 50 images per class, arms none / classic / cvae /
-  classic+cvae, 3 seeds, the small BN CNN. About 2 minutes on a 2-core CPU (111 s with a cold
-  compile cache, 97 s warm); prints the table: test balanced accuracy none .864 +- .109, classic
+  classic+cvae, 3 seeds, the small BN CNN. About 2.5 minutes on a 2-core CPU (111 s with a cold
+  compile cache, 97 s warm, before the per-cell quality of the three CVAE sets added about 45 s); prints the table: test balanced accuracy none .864 +- .109, classic
   .909 +- .057, cvae .796 +- .061, classic+cvae .876 +- .014. Three
   seeds at 50 per class cannot separate arms (balanced accuracy moves by ~.03 between seeds there:
   "Facts the design relies on" in experiments/results/README.md); it shows the machinery, `full`
