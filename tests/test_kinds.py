@@ -39,21 +39,23 @@ def toy_losses(model, images, labels, key, *, train, beta, options):
   return terms
 
 
+def toy_kind_spec(figures: tuple[str, ...]) -> kinds.GeneratorKind:
+  return kinds.GeneratorKind(
+    name=TOY,
+    build=lambda *, image_size, num_classes, rngs, dtype, **options: ToyVAE(
+      image_size=image_size, rngs=rngs, dtype=dtype, **options
+    ),
+    options=("latent_dim", "channels"),
+    losses=toy_losses,
+    samplers=("posterior_jitter", "interpolation"),
+    default_sampler="interpolation",
+    figures=figures,
+  )
+
+
 @pytest.fixture
 def toy_kind():
-  kind = kinds.register(
-    kinds.GeneratorKind(
-      name=TOY,
-      build=lambda *, image_size, num_classes, rngs, dtype, **options: ToyVAE(
-        image_size=image_size, rngs=rngs, dtype=dtype, **options
-      ),
-      options=("latent_dim", "channels"),
-      losses=toy_losses,
-      samplers=("posterior_jitter", "interpolation"),
-      default_sampler="interpolation",
-      figures=("samples", "curves"),
-    )
-  )
+  kind = kinds.register(toy_kind_spec(("samples", "curves")))
   yield kind
   kinds.unregister(TOY)
 
@@ -121,20 +123,7 @@ def new_arms_sweep(detection_built, tmp_path_factory):
 
   patch = pytest.MonkeyPatch()
   patch.setattr(pool, "pool_splits", _tiny_pool)
-  kinds.register(
-    kinds.GeneratorKind(
-      name=TOY,
-      build=lambda *, image_size, num_classes, rngs, dtype, **options: ToyVAE(
-        image_size=image_size, rngs=rngs, dtype=dtype, **options
-      ),
-      options=("latent_dim", "channels"),
-      losses=toy_losses,
-      samplers=("posterior_jitter", "interpolation"),
-      default_sampler="interpolation",
-      figures=(),
-    ),
-    replace=True,
-  )
+  kinds.register(toy_kind_spec(()), replace=True)
   config = compare_config.get_config("tiny")
   config.arms = ("none", TOY, "pool_rvae", "pool_rvae:counterfactual", "noise_blur")
   config.num_seeds, config.compilation_cache_dir, config.data_dir = 1, "", detection_built

@@ -274,38 +274,17 @@ class ResidualVAE(nnx.Module):
       self.scale_logit = None
 
   # -- pieces
-  def _labels(self, labels, n: int) -> jax.Array | None:
-    """(N, K) float label vectors of a conditional model; None for unconditional ones."""
-    if not self.conditional:
-      return None
-    if labels is None:
-      raise ValueError(
-        f"conditional {self.kind} (num_classes={self.num_classes}) needs labels: "
-        "int class ids (N,) or float vectors (N, num_classes)"
-      )
-    labels = jnp.asarray(labels)
-    if labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer):
-      vectors = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
-    elif labels.ndim == 2 and labels.shape[1] == self.num_classes:
-      vectors = labels.astype(jnp.float32)
-    else:
-      raise ValueError(
-        f"labels must be int class ids (N,) or float vectors (N, {self.num_classes}), "
-        f"got shape {labels.shape} dtype {labels.dtype}"
-      )
-    if vectors.shape[0] != n:
-      raise ValueError(f"{vectors.shape[0]} labels for a batch of {n}")
-    return vectors
+  # The interface every kind shares, taken from the plain autoencoders rather than copied: label vectors,
+  # input checks, the training forward pass, reconstruction, decoding to images, sampling and the NLL.
+  _labels = autoencoders.Autoencoder._labels
+  _check_images = autoencoders.Autoencoder._check_images
+  __call__ = autoencoders.VAE.__call__
+  reconstruct = autoencoders.VAE.reconstruct
+  to_image = autoencoders.Autoencoder.to_image
+  generate = autoencoders.Autoencoder.generate
+  sample = autoencoders.Autoencoder.sample
+  reconstruction_nll = autoencoders.Autoencoder.reconstruction_nll
 
-  def _check_images(self, x: jax.Array) -> None:
-    expected = (self.image_size, self.image_size, IN_CHANNELS)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-      raise ValueError(
-        f"{self.kind} built for image_size={self.image_size} expects images "
-        f"(N, {', '.join(map(str, expected))}), got shape {x.shape}"
-      )
-
-  # -- public interface
   def encode(self, x: jax.Array, *, train: bool, labels=None) -> tuple[jax.Array, jax.Array]:
     """(mean, logvar) of q(z | x[, y]), each (N, latent_dim), float32."""
     self._check_images(x)
@@ -338,37 +317,6 @@ class ResidualVAE(nnx.Module):
     out = self.dec_out(h).astype(jnp.float32)
     return jax.nn.sigmoid(out) if self.likelihood == "gaussian" else out
 
-  def __call__(self, x: jax.Array, *, train: bool, labels=None, rngs: autoencoders.RngsLike = None):
-    """(decoder_output, mean, logvar), decoding ``z = reparameterize(mean, logvar, key)`` with the
-    key from ``rngs`` (required)."""
-    key = autoencoders._as_key(rngs, f"{self.kind}(x)")
-    mean, logvar = self.encode(x, train=train, labels=labels)
-    z = autoencoders.reparameterize(mean, logvar, key)
-    return self.decode(z, train=train, labels=labels), mean, logvar
-
-  def reconstruct(
-    self, x: jax.Array, *, train: bool, labels=None, rngs: autoencoders.RngsLike = None, sample: bool = False
-  ) -> jax.Array:
-    """Images in [0, 1] decoded from the posterior mean (``sample=True``: a posterior sample drawn
-    with ``rngs``)."""
-    mean, logvar = self.encode(x, train=train, labels=labels)
-    if sample:
-      mean = autoencoders.reparameterize(mean, logvar, autoencoders._as_key(rngs, "reconstruct(sample=True)"))
-    return self.to_image(self.decode(mean, train=train, labels=labels))
-
-  def to_image(self, decoder_output: jax.Array) -> jax.Array:
-    """Decoder output -> images in [0, 1] (sigmoid of the logits for "bernoulli")."""
-    return jax.nn.sigmoid(decoder_output) if self.likelihood == "bernoulli" else decoder_output
-
-  def generate(self, z: jax.Array, *, labels=None) -> jax.Array:
-    """Images in [0, 1] decoded from z in eval mode (running BatchNorm statistics)."""
-    return self.to_image(self.decode(z, train=False, labels=labels))
-
-  def sample(self, key: jax.Array, num: int, *, labels=None) -> jax.Array:
-    """``generate`` of ``num`` codes z ~ N(0, I) drawn with ``key``."""
-    num = autoencoders._positive_int(num, "num")
-    return self.generate(jax.random.normal(key, (num, self.latent_dim)), labels=labels)
-
   @property
   def log_scale(self) -> jax.Array | None:
     """The bounded learned log std (None for "bernoulli" or a fixed scale)."""
@@ -384,10 +332,6 @@ class ResidualVAE(nnx.Module):
     if self.scale_logit is not None:
       return self.log_scale
     return jnp.asarray(math.log(self.fixed_scale), jnp.float32)
-
-  def reconstruction_nll(self, decoder_output: jax.Array, targets: jax.Array) -> jax.Array:
-    """``autoencoders.reconstruction_nll`` with this model's likelihood and scale: (N,) nats per image."""
-    return autoencoders.reconstruction_nll(decoder_output, targets, self.likelihood, self.output_log_scale())
 
 
 # ----------------------------------------------------------------------------- kinds
