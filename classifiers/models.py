@@ -292,7 +292,7 @@ class CNN(Classifier):
         layers.Conv(channels, features, (k, k), padding=padding, use_bias=not self.batch_norm, dtype=dtype, rngs=rngs)
       )
       if self.batch_norm:
-        norms.append(nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs))
+        norms.append(layers.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs))
       channels = features
       if padding == "VALID":
         size -= k - 1

@@ -96,33 +96,28 @@ def test_max_pool_3x3_s2_output_is_ceil_half(size, out):
   np.testing.assert_array_equal(layers.max_pool_3x3_s2(x), flax_max_3x3_s2(x))
 
 
-def test_max_pool_2x2_ties_forward_equal_and_gradient_split_evenly():
-  """Documented tie behaviour: same forward and same per-window gradient total as flax, but the
-  gradient is split evenly over tied maxima instead of going to a single one of them."""
-  window_values = np.array(
-    [
-      [[3.0, 3.0], [3.0, 3.0]],  # all four tied
-      [[5.0, 5.0], [1.0, 0.0]],  # two tied (same row)
-      [[2.0, 0.0], [2.0, 1.0]],  # two tied (same column)
-      [[0.0, 0.0], [0.0, 0.0]],
-    ]
-  )  # ReLU-like zeros
-  x = np.zeros((1, 2, 8, 1), np.float32)
-  for i, win in enumerate(window_values):
-    x[0, :, 2 * i : 2 * i + 2, 0] = win
-  x = jnp.asarray(x)
-  np.testing.assert_array_equal(layers.max_pool_2x2(x), flax_max_2x2(x))
-
-  w = jnp.array([1.0, 2.0, -3.0, 4.0]).reshape(1, 1, 4, 1)
-  ours, ref = np.asarray(grad_of(layers.max_pool_2x2, x, w)), np.asarray(grad_of(flax_max_2x2, x, w))
-  per_window = lambda g: g[0, :, :, 0].reshape(2, 4, 2).sum(axis=(0, 2))
-  np.testing.assert_allclose(per_window(ours), per_window(ref))
-  np.testing.assert_allclose(per_window(ours), [1.0, 2.0, -3.0, 4.0])
-  np.testing.assert_allclose(ours[0, :, 0:2, 0], [[0.25, 0.25], [0.25, 0.25]])
-  np.testing.assert_allclose(ours[0, :, 2:4, 0], [[1.0, 1.0], [0.0, 0.0]])
-  np.testing.assert_allclose(ours[0, :, 4:6, 0], [[-1.5, 0.0], [-1.5, 0.0]])
-  # flax sends each window's whole gradient to one entry.
-  assert np.count_nonzero(ref[0, :, 0:2, 0]) == 1
+def test_max_pool_2x2_gradient_at_ties_matches_flax():
+  """The custom backward sends each window's gradient to its first maximum in row-major order
+  (reduce_window's and PyTorch's choice): equal to flax's gradient with ties, odd sizes and
+  extra leading dims."""
+  rng = np.random.default_rng(0)
+  for shape in [(2, 8, 8, 3), (1, 7, 9, 2), (2, 3, 4, 6, 1)]:
+    x = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0).astype(np.float32))  # many ties
+    w = normal(1, jax.eval_shape(layers.max_pool_2x2, x).shape)
+    flat = lambda a: a.reshape(-1, *a.shape[-3:])  # noqa: E731 (flax pools take one batch axis)
+    out, ref, g_ours, g_ref = forward_and_grads(layers.max_pool_2x2, flax_max_2x2, flat(x), flat(w))
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(g_ours, g_ref)
+    np.testing.assert_array_equal(flat(grad_of(layers.max_pool_2x2, x, w)), g_ours)
+  window_values = [
+    [[3.0, 3.0], [3.0, 3.0]],
+    [[1.0, 5.0], [5.0, 0.0]],
+    [[2.0, 0.0], [2.0, 1.0]],
+    [[0.0, 0.0], [0.0, 7.0]],
+  ]
+  x = jnp.asarray(np.concatenate(window_values, axis=1)[None, :, :, None].astype(np.float32))
+  g = np.asarray(grad_of(layers.max_pool_2x2, x, jnp.array([1.0, 2.0, -3.0, 4.0]).reshape(1, 1, 4, 1)))
+  np.testing.assert_array_equal(g[0, :, :, 0], [[1, 0, 0, 2, -3, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 4]])
 
 
 def test_pools_accept_unbatched_and_extra_leading_dims():
@@ -221,7 +216,7 @@ def test_conv_fast_path_matches_lax(h, w, k, stride, padding):
 
 
 def test_conv_fast_path_is_used_only_for_tiny_maps():
-  k = jnp.zeros((3, 3, 4, 4))
+  k = jnp.zeros((3, 3, 4, 16))  # too many multiply-adds for the shifted-sum path
 
   def primitives(size):
     jaxpr = jax.make_jaxpr(lambda x: our_conv(x, k, 1, "SAME"))(jnp.zeros((1, size, size, 4)))
@@ -282,7 +277,7 @@ KERNEL_GRAD_CASES = [
   (33, 32, 8, 100, 3, 2, "SAME"),  # stride 2, asymmetric SAME padding
   (32, 34, 4, 96, 5, 1, ((2, 1), (0, 3))),  # explicit uneven padding, 5x5
   (32, 32, 8, 96, 1, 1, "VALID"),  # 1x1
-  (8, 8, 16, 8, 1, 1, "VALID"),  # 1x1 convs of any size and width (bottlenecks)
+  (8, 8, 16, 24, 1, 1, "VALID"),  # 1x1 convs of any size and width (bottlenecks)
   (12, 10, 16, 32, 1, 2, "VALID"),  # strided 1x1 projection
 ]
 
@@ -311,15 +306,109 @@ def test_conv_matmul_kernel_grad_matches_lax(h, w, cin, cout, k, stride, padding
 
 def test_conv_matmul_kernel_grad_only_for_large_maps_with_many_outputs_and_1x1():
   def primitives(size, cout, k=3):
-    kernel = jnp.zeros((k, k, 4, cout))
-    jaxpr = jax.make_jaxpr(lambda x: our_conv(x, kernel, 1, "SAME"))(jnp.zeros((1, size, size, 4)))
+    kernel = jnp.zeros((k, k, 8, cout))
+    jaxpr = jax.make_jaxpr(lambda x: our_conv(x, kernel, 1, "SAME"))(jnp.zeros((1, size, size, 8)))
     return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
 
   assert "custom_vjp_call" in primitives(32, 96)
   assert "custom_vjp_call" not in primitives(31, 96) and "conv_general_dilated" in primitives(31, 96)
   assert "custom_vjp_call" not in primitives(32, 95)
-  assert "custom_vjp_call" in primitives(5, 8, k=1)
-  assert "custom_vjp_call" not in primitives(4, 8, k=1)  # 16 output pixels: im2col
+  assert "custom_vjp_call" in primitives(5, 48, k=1)
+  assert "custom_vjp_call" not in primitives(4, 48, k=1)  # 16 output pixels: im2col
+
+
+# (N, H, W, C_in, C_out, kernel, padding): stride-1 convs with at most SHIFT_CONV_MAX_MACS
+# multiply-adds per output pixel take the shifted-sum forward and the chunked XLA backward.
+SHIFT_CASES = [
+  (5, 16, 16, 3, 4, 3, "SAME"),  # cnn_bn3's first conv; 5 images in 4 uneven backward chunks
+  (4, 9, 7, 4, 8, 3, "VALID"),  # its second, non-square, no padding
+  (3, 10, 12, 2, 3, 5, ((2, 1), (0, 3))),  # 5x5, uneven explicit padding
+  (2, 8, 8, 3, 6, 1, "VALID"),  # 1x1
+  (1, 6, 6, 1, 1, 3, "SAME"),  # one image: one chunk
+]
+
+
+@pytest.mark.parametrize("n, h, w, cin, cout, k, padding", SHIFT_CASES)
+def test_shift_conv_matches_lax(n, h, w, cin, cout, k, padding):
+  x, kernel = normal(h + cin, (n, h, w, cin)), normal(cout + k, (k, k, cin, cout)) / np.sqrt(k * k * cin)
+  pad = padding if isinstance(padding, str) else tuple(padding)
+  assert k * k * cin * cout <= layers.SHIFT_CONV_MAX_MACS
+  jaxpr = jax.make_jaxpr(lambda a, b: our_conv(a, b, 1, pad))(x, kernel)
+  assert {str(e.primitive) for e in jaxpr.jaxpr.eqns} == {"custom_vjp_call"}
+
+  @jax.jit
+  def both(x, kernel):
+    ref, ours = lax_conv(x, kernel, 1, pad), our_conv(x, kernel, 1, pad)
+    wt = normal(3, ref.shape)
+    g_ref = jax.grad(lambda a, b: jnp.sum(lax_conv(a, b, 1, pad) * wt), argnums=(0, 1))(x, kernel)
+    g_ours = jax.grad(lambda a, b: jnp.sum(our_conv(a, b, 1, pad) * wt), argnums=(0, 1))(x, kernel)
+    return ref, ours, g_ref, g_ours
+
+  ref, ours, g_ref, g_ours = both(x, kernel)
+  assert ours.shape == ref.shape
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(g_ours[0], g_ref[0], rtol=1e-5, atol=1e-5)  # input gradient
+  np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=1e-4)  # kernel gradient, chunk sums
+
+
+def test_shift_conv_only_for_few_multiply_adds_at_stride_1_in_float32():
+  def path(kernel_shape, stride=1, dtype=jnp.float32):
+    x = jnp.zeros((2, 16, 16, kernel_shape[2]), dtype)
+    jaxpr = jax.make_jaxpr(lambda x: our_conv(x, jnp.zeros(kernel_shape, dtype), stride, "SAME"))(x)
+    return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+  shifted = path((3, 3, 4, 8))  # 288 multiply-adds per pixel
+  assert "custom_vjp_call" in shifted and "conv_general_dilated" not in shifted
+  assert "conv_general_dilated" in path((3, 3, 4, 9))
+  assert "conv_general_dilated" in path((3, 3, 3, 4), stride=2)
+  assert "conv_general_dilated" in path((3, 3, 3, 4), dtype=jnp.bfloat16)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 7, 3), (2, 8, 8, 4), (3, 4, 4, 24), (6, 5), (2, 3, 3, 3, 2)])
+def test_batch_norm_matches_nnx(shape):
+  """layers.BatchNorm (folded statistics) against nnx.BatchNorm: outputs, gradients of input,
+  scale and bias, and the running statistics, in training and then in inference mode."""
+  features = shape[-1]
+  ours, ref = (
+    layers.BatchNorm(features, momentum=0.9, rngs=nnx.Rngs(0)),
+    nnx.BatchNorm(features, momentum=0.9, rngs=nnx.Rngs(0)),
+  )
+  for bn in (ours, ref):
+    bn.scale[...] = normal(1, (features,))
+    bn.bias[...] = normal(2, (features,))
+  x = normal(sum(shape), shape) * 3.0 + 1.5
+  w = normal(5, shape)
+
+  @nnx.jit
+  def train(bn, x):
+    def loss(bn, x):
+      return jnp.sum(bn(x, use_running_average=False) * w)
+
+    return nnx.grad(loss, argnums=(0, 1))(bn, x), bn(x, use_running_average=False)
+
+  (g_ours, gx_ours), y_ours = train(ours, x)
+  (g_ref, gx_ref), y_ref = train(ref, x)
+  np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gx_ours, gx_ref, rtol=1e-4, atol=1e-4)
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(getattr(g_ours, name)[...], getattr(g_ref, name)[...], rtol=1e-4, atol=1e-4)
+  for name in ("mean", "var"):
+    assert not np.allclose(getattr(ref, name)[...], 0.0 if name == "mean" else 1.0)  # updated
+    np.testing.assert_allclose(getattr(ours, name)[...], getattr(ref, name)[...], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours(x, use_running_average=True), ref(x, use_running_average=True), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_falls_back_to_nnx_outside_the_fast_path():
+  x = normal(0, (2, 3, 4, 4))
+  for kwargs in ({"use_fast_variance": False}, {"axis": 1}, {"dtype": jnp.bfloat16}):
+    features = x.shape[kwargs.get("axis", -1)]
+    ours, ref = (
+      layers.BatchNorm(features, rngs=nnx.Rngs(0), **kwargs),
+      nnx.BatchNorm(features, rngs=nnx.Rngs(0), **kwargs),
+    )
+    np.testing.assert_array_equal(ours(x, use_running_average=False), ref(x, use_running_average=False))
+  with pytest.raises(ValueError, match="use_running_average"):
+    layers.BatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0))(x)
 
 
 def test_compute_dtype():

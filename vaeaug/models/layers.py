@@ -19,15 +19,13 @@ the 2-core dev box). The pools below are written with reshapes / strided slices 
   marks each window's first maximum and scatters with strided pads, one fused pass (-9% CPU
   time per ResNet-18 step).
 
-Gradients at ties (max pools). Without ties the gradient equals ``nnx.max_pool``'s: each window
-sends the whole upstream gradient to its maximum. ``max_pool_3x3_s2`` also matches it at ties:
-the gradient goes to the window's first maximum in row-major order, the entry ``reduce_window``
-picks. In the 2x2 pools each pairwise ``jnp.maximum`` splits its incoming gradient equally
-between equal operands (JAX's rule for ``lax.max``): a fully tied 2x2 window gives 1/4 to every
-entry, two tied entries get 1/2 each. The gradient summed over a window is the same as
-``nnx.max_pool``'s, so this only matters for exactly equal activations (e.g. a ReLU output of
-several zeros, where the upstream of a zero max is usually itself shared); it is a valid
-subgradient either way. (A custom 2x2 backward was measured slower than this autodiff.)
+Gradients at ties (max pools). Both max pools take a custom VJP that sends each window's
+gradient to its first maximum in row-major order, the entry ``reduce_window``'s
+``select_and_scatter`` (and PyTorch's ``max_pool2d``) picks, so the gradient equals
+``nnx.max_pool``'s exactly, ties (ReLU zeros, repeated values) included. For the 2x2 pool the
+autodiff of the ``jnp.maximum`` chain (which split tied gradients evenly) was one fusion that
+re-read the upstream gradient per comparison: 3.5 ms of a 64 px ``cnn_bn3`` step at batch 64 on
+one core, 0.7 ms as the custom backward.
 
 Convolutions on tiny feature maps
 ---------------------------------
@@ -79,6 +77,7 @@ rounding; on GPU / TPU the plain XLA convolution is used.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -88,12 +87,14 @@ from jax import lax
 
 __all__ = [
   "ACTIVATIONS",
+  "BatchNorm",
   "Conv",
   "IM2COL_MAX_OUTPUT_PIXELS",
   "SMALL_SPATIAL_MAX",
   "activation",
   "conv_general_dilated",
   "avg_pool_2x2",
+  "batch_statistics",
   "compute_dtype",
   "global_avg_pool",
   "max_pool_2x2",
@@ -172,10 +173,49 @@ def _windows_2x2(x: jax.Array, name: str) -> tuple[jax.Array, ...]:
   return y[..., 0, :, 0, :], y[..., 0, :, 1, :], y[..., 1, :, 0, :], y[..., 1, :, 1, :]
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max-pool, stride 2, VALID (odd H/W: last row/column dropped). x: (..., H, W, C)."""
+def _max_pool_2x2_plain(x: jax.Array) -> jax.Array:
   a, b, c, d = _windows_2x2(x, "max_pool_2x2")
   return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+@jax.custom_vjp
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+  return _max_pool_2x2_plain(x)
+
+
+def _max_pool_2x2_fwd(x):
+  out = _max_pool_2x2_plain(x)
+  return out, (x, out)
+
+
+def _max_pool_2x2_bwd(res, g):
+  # Each window's gradient goes to its first maximum in row-major order (reduce_window's and
+  # PyTorch's choice), computed at the pooled resolution and interleaved back in one pass.
+  x, out = res
+  a, b, c, _ = _windows_2x2(x, "max_pool_2x2")
+  first_a = a == out
+  first_b = (b == out) & ~first_a
+  first_c = (c == out) & ~(first_a | first_b)
+  first_d = ~(first_a | first_b | first_c)
+  zero = jnp.zeros((), g.dtype)
+  ga, gb, gc, gd = (jnp.where(m, g, zero) for m in (first_a, first_b, first_c, first_d))
+  # (..., h2, w2, C) x 4 -> (..., h2, 2, w2, 2, C) -> (..., 2 h2, 2 w2, C)
+  dx = jnp.stack([jnp.stack([ga, gb], axis=-2), jnp.stack([gc, gd], axis=-2)], axis=-4)
+  *lead, h2, _, w2, _, channels = dx.shape
+  dx = dx.reshape(*lead, 2 * h2, 2 * w2, channels)
+  h, w = x.shape[-3], x.shape[-2]
+  if (h, w) != (2 * h2, 2 * w2):  # the cropped odd row / column gets no gradient
+    dx = jnp.pad(dx, [(0, 0)] * len(lead) + [(0, h - 2 * h2), (0, w - 2 * w2), (0, 0)])
+  return (dx,)
+
+
+_max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, VALID (odd H/W: last row/column dropped). x: (..., H, W, C)."""
+  _check_spatial(x, "max_pool_2x2", 2)
+  return _max_pool_2x2(x)
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
@@ -293,6 +333,14 @@ KERNEL_GRAD_MIN_PIXELS = 1024  # input H * W (32x32) ...
 KERNEL_GRAD_MIN_FEATURES = 96  # ... and output channels from which the kernel grad is matmuls
 KERNEL_GRAD_1X1 = True  # and for every 1x1 conv (outside the im2col path)
 KERNEL_GRAD_ROW_MAX_CHANNELS = 8  # below this many input channels, one matmul per kernel row
+# XLA:CPU runs convs with a handful of channels at a few GFLOP/s (cnn_bn3's 3x3 3 -> 4 conv on
+# 64x64 maps: 16 ms forward at batch 64 on one core): stride-1 convs with at most this many
+# multiply-adds per output pixel (kh * kw * C_in * C_out) run forward as a sum of shifted
+# broadcast multiplies, one loop fusion (2 ms).
+SHIFT_CONV_MAX_MACS = 288
+# Their backward is XLA's, on this many batch chunks: XLA:CPU runs one small conv on one thread,
+# but independent ones concurrently (cnn_bn3, 64 px, 2 cores: 21.7 -> 18.7 ms per step).
+SHIFT_CONV_BACKWARD_CHUNKS = 4
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -366,6 +414,8 @@ def conv_general_dilated(
     ow = (lhs.shape[2] + pads[1][0] + pads[1][1] - rhs.shape[1]) // strides[1] + 1
     if _small_spatial(lhs.shape) or (oh >= 1 and ow >= 1 and oh * ow <= IM2COL_MAX_OUTPUT_PIXELS):
       return _conv_im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+    if _shift_conv_applies(lhs, rhs, strides, oh, ow, precision, preferred_element_type):
+      return _conv_shift(lhs, rhs, tuple(tuple(p) for p in pads))
     if (
       jax.default_backend() == "cpu"
       and precision is None
@@ -435,6 +485,63 @@ def _conv_matmul_kernel_grad_bwd(strides, pads, res, g):
 _conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
 
 
+def _shift_conv_applies(lhs, rhs, strides, oh, ow, precision, preferred_element_type) -> bool:
+  return (
+    jax.default_backend() == "cpu"
+    and strides == (1, 1)
+    and oh >= 1
+    and ow >= 1
+    and precision is None
+    and preferred_element_type is None
+    and lhs.dtype == rhs.dtype == jnp.float32
+    and rhs.shape[0] * rhs.shape[1] * rhs.shape[2] * rhs.shape[3] <= SHIFT_CONV_MAX_MACS
+  )
+
+
+def _shifted_sum(x, kernel, pads):
+  """Stride-1 NHWC x HWIO conv as sum over taps and input channels of a shifted input channel
+  times that kernel row: elementwise ops that XLA fuses into one loop."""
+  kh, kw, cin, _ = kernel.shape
+  (pt, pb), (pl, pr) = pads
+  oh, ow = x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = xp[:, i : i + oh, j : j + ow, :]
+      for c in range(cin):
+        term = tap[..., c : c + 1] * kernel[i, j, c]
+        out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_shift(lhs, rhs, pads):
+  return _shifted_sum(lhs, rhs, pads)
+
+
+def _conv_shift_fwd(lhs, rhs, pads):
+  return _shifted_sum(lhs, rhs, pads), (lhs, rhs)
+
+
+def _conv_shift_bwd(pads, res, g):
+  lhs, rhs = res
+  n = lhs.shape[0]
+  # One device only: batch chunks of a batch sharded over devices would move data between them.
+  chunks = min(n, SHIFT_CONV_BACKWARD_CHUNKS) if jax.device_count() == 1 else 1
+  bounds = [n * i // chunks for i in range(chunks + 1)]
+  dx, dk = [], None
+  for start, stop in zip(bounds[:-1], bounds[1:]):
+    _, vjp = jax.vjp(lambda x, k: _xla_conv(x, k, (1, 1), pads), lhs[start:stop], rhs)
+    dx_part, dk_part = vjp(g[start:stop])
+    dx.append(dx_part)
+    dk = dk_part if dk is None else dk + dk_part
+  return (dx[0] if chunks == 1 else jnp.concatenate(dx)), dk
+
+
+_conv_shift.defvjp(_conv_shift_fwd, _conv_shift_bwd)
+
+
 def _small_spatial(shape: Sequence[int]) -> bool:
   """Whether an NHWC input of this shape takes the im2col path."""
   return shape[1] * shape[2] <= SMALL_SPATIAL_MAX
@@ -447,3 +554,53 @@ class Conv(nnx.Conv):
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("conv_general_dilated", conv_general_dilated)
     super().__init__(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+STATS_LANES = 16  # a SIMD vector of float32 (AVX-512)
+
+
+def batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean and biased variance of x over every axis but the last (flax's fast variance,
+  E[x^2] - E[x]^2). With few channels, each example's pixels are first folded into rows of
+  ``k * C >= STATS_LANES`` values: reducing a 4-wide minor axis wasted most of each vector
+  (cnn_bn3, 64 px, 2 cores: -1.4 ms of a 21 ms step). Same values up to summation order."""
+  channels = x.shape[-1]
+  pixels = math.prod(x.shape[1:-1]) if x.ndim > 1 else 1
+  k = 1
+  while k * channels < STATS_LANES and pixels % (2 * k) == 0:
+    k *= 2
+  rows = x.reshape(x.shape[0], -1, k * channels) if x.ndim > 1 else x.reshape(-1, channels)
+  axes = tuple(range(rows.ndim - 1))
+  count = x.size // channels
+  mean = rows.sum(axes).reshape(k, channels).sum(0) / count
+  mean_sq = (rows * rows).sum(axes).reshape(k, channels).sum(0) / count
+  return mean, jnp.maximum(0.0, mean_sq - mean * mean)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """``nnx.BatchNorm`` (same arguments, variables and results up to float rounding) whose
+  training-mode statistics come from ``batch_statistics``. Configurations it does not cover
+  (feature axis not last, ``axis_name``, masks, non-float32 compute, exact variance) run
+  ``nnx.BatchNorm`` itself."""
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    use_running_average = self.use_running_average if use_running_average is None else use_running_average
+    if (
+      use_running_average is not False
+      or mask is not None
+      or self.axis_name is not None
+      or self.axis not in (-1, x.ndim - 1)
+      or not self.use_fast_variance
+      or self.scale is None
+      or self.bias is None
+      or x.dtype != jnp.float32
+      or (self.dtype is not None and jnp.dtype(self.dtype) != jnp.float32)
+    ):
+      return super().__call__(x, use_running_average, mask=mask)
+    mean, var = batch_statistics(x)
+    self.mean[...] = lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+    self.var[...] = lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+    # flax's _normalize, in its order of operations
+    return (x - mean) * (lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
