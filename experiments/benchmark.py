@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import configs
+from experiments.machine import machine, measured_matmul_gflops
 from vaeaug import cli
 
 CLASSIFIERS = ("cnn96", "cnn_bn3", "cnn_lenet4", "resnet18", "resnet50")
@@ -70,6 +70,13 @@ flags.DEFINE_list(
   "models whose input-pipeline share is measured in a real loop.fit run ('' : none)",
 )
 flags.DEFINE_integer("pipeline_steps", 30, "train steps of the loop.fit run")
+flags.DEFINE_list(
+  "cells",
+  ["none", "cvae"],
+  "arms of the compare preset --cells_preset whose cells are run (2 seeds, a temporary workdir) to "
+  "report cells per hour: a classifier cell and a generator cell ('' : none)",
+)
+flags.DEFINE_string("cells_preset", "default", "compare preset of the --cells run")
 flags.DEFINE_enum(
   "profile",
   "auto",
@@ -87,121 +94,6 @@ flags.DEFINE_string(
   None,
   "Markdown appended to the .md (analysis, what was tried; '' : none; default: notes.md of the default --out_dir)",
 )
-
-
-# ----------------------------------------------------------------------------- machine
-
-
-def _read(path: str) -> str:
-  try:
-    return Path(path).read_text()
-  except OSError:
-    return ""
-
-
-def _lscpu() -> dict:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-  except (OSError, subprocess.SubprocessError):
-    return {}
-  return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
-
-
-_CLOCK_C = r"""
-#include <stdio.h>
-#include <time.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
-int main(void) {
-  unsigned long long n = 100000000ULL, x = 0; double best = 0;
-  for (int r = 0; r < 5; r++) {
-    double t0 = now();
-    for (unsigned long long i = 0; i < n; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
-    double ghz = 4.0 * n / (now() - t0) / 1e9; if (ghz > best) best = ghz;
-  }
-  printf("%f\n", best); return (int)(x & 1);
-}
-"""
-
-
-def measured_clock_ghz() -> float | None:
-  """Core clock under load, from a chain of dependent integer adds (one per cycle) timed in thread
-  CPU time (so preemption by other jobs does not count); None without a C compiler / on non-x86."""
-  if platform.machine() not in ("x86_64", "AMD64"):
-    return None
-  try:
-    with tempfile.TemporaryDirectory() as tmp:
-      (Path(tmp) / "clock.c").write_text(_CLOCK_C)
-      subprocess.run(["cc", "-O2", "-o", f"{tmp}/clock", f"{tmp}/clock.c"], check=True, capture_output=True, timeout=60)
-      return float(subprocess.run([f"{tmp}/clock"], capture_output=True, text=True, timeout=60).stdout)
-  except (OSError, subprocess.SubprocessError, ValueError):
-    return None
-
-
-def machine() -> dict:
-  """CPU model, usable cores, SIMD flags and the fp32 peak derived from them."""
-  info = _read("/proc/cpuinfo")
-  lscpu = _lscpu()
-  field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, ""])[1].strip()  # noqa: E731
-  flags_ = set(field("flags").split())
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  vendor, family = field("vendor_id"), int(field("cpu family") or 0)
-  nominal_mhz = float(lscpu.get("CPU max MHz") or field("cpu MHz") or 0)
-  measured = measured_clock_ghz()
-  # The measured clock when there is one: a VM's nominal MHz is the base clock, and boost is what runs.
-  if measured:
-    mhz = 1e3 * measured
-    clock_source = f"measured with a dependent-add loop; nominal {nominal_mhz / 1e3:.2f} GHz"
-  else:
-    mhz = nominal_mhz
-    clock_source = "lscpu 'CPU max MHz'" if lscpu.get("CPU max MHz") else "/proc/cpuinfo 'cpu MHz', nominal"
-  if "avx512f" in flags_:
-    lanes, isa = 16, "AVX-512"
-    # Zen 4 (family 25) runs 512-bit ops on 256-bit units; Zen 5 (26) and Intel server cores have 512-bit FMAs.
-    if vendor == "AuthenticAMD" and family == 25:
-      lanes, isa = 8, "AVX-512 on 256-bit units (Zen 4)"
-  elif "avx2" in flags_ and "fma" in flags_:
-    lanes, isa = 8, "AVX2+FMA"
-  else:
-    lanes, isa = 4, "SSE"
-  fma_units = 2  # FMA pipes per core on x86 server cores since Haswell / Zen (a few Intel SKUs have 1)
-  peak = cores * fma_units * lanes * 2 * mhz / 1e3  # GFLOP/s; an FMA is 2 FLOPs
-  return {
-    "cpu": field("model name") or platform.processor(),
-    "vendor": vendor,
-    "family": family,
-    "model": int(field("model") or 0),
-    "cores": cores,
-    "clock_mhz": round(mhz),
-    "nominal_mhz": nominal_mhz,
-    "clock_source": clock_source,
-    "isa": isa,
-    "bf16": "avx512_bf16" in flags_,
-    "amx": "amx_tile" in flags_,
-    "hypervisor": "hypervisor" in flags_,
-    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-    "peak_gflops": round(peak, 1),
-    "peak_derivation": (
-      f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes ({isa}) x 2 FLOP/FMA x "
-      f"{mhz / 1e3:.2f} GHz ({clock_source}) = {peak:.0f} GFLOP/s"
-    ),
-  }
-
-
-def measured_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-  """fp32 GFLOP/s of one large XLA matmul: what this machine attains in practice."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * size**3 / min(times) / 1e9
 
 
 # ----------------------------------------------------------------------------- JAX side
@@ -579,6 +471,41 @@ def pipeline_share(name: str, batch: int, image_size: int, steps: int) -> dict:
   }
 
 
+def cell_rates(arms: list[str], preset: str, seeds: int = 2) -> list[dict]:
+  """Cells per hour of the compare preset's cells of each arm: `seeds` seeds of a one-arm-list
+  sweep in a temporary workdir. The first seed's cells load the data and compile (or fetch from the
+  compilation cache); the rate is from the last seed's, as in a long sweep."""
+  from experiments import sweep as sweep_lib
+  from experiments import validation
+  from experiments.configs import compare as compare_config
+
+  config = compare_config.get_config(preset)
+  config.arms = tuple(arms)
+  config.num_seeds = seeds
+  validation.validate_compare_config(config)
+  sweep_lib.use_compilation_cache(config)
+  with tempfile.TemporaryDirectory() as workdir:
+    records = sweep_lib.Sweep(config, workdir, stream=sys.stderr).run()
+  rows = []
+  for arm in arms:
+    cells = sorted((r for r in records.values() if r["arm"] == arm), key=lambda r: r["seed"])
+    last = cells[-1]["timing"]
+    rows.append(
+      {
+        "arm": arm,
+        "preset": preset,
+        "cells": len(cells),
+        "first_cell_s": cells[0]["timing"]["cell_seconds"],
+        "cell_s": last["cell_seconds"],
+        "cells_per_hour": round(3600 / last["cell_seconds"], 1),
+        "steps_s": round(last.get("classifier_steps_seconds", 0.0) + last.get("generator_step_seconds", 0.0), 2),
+        "overhead_share": last.get("overhead_share"),
+        "epochs_run": cells[-1]["epochs_run"],
+      }
+    )
+  return rows
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -645,6 +572,22 @@ def markdown(result: dict) -> str:
         f"| {p['model']} | {_fmt(p['loop_img_per_s'])} | {_fmt(p['loop_step_ms'])} | "
         f"{_fmt(p['epoch_batches_ms'], '.2f')} | {_fmt(p['shard_batch_ms'], '.2f')} | "
         f"{_fmt(100 * p['data_share'], '.1f')}% |"
+      )
+  if result.get("cells"):
+    lines += [
+      "",
+      f"Study cells (`compare:{result['cells'][0]['preset']}`, the last of {result['cells'][0]['cells']} "
+      "seeds, warm compilation cache): wall seconds per cell, of which train steps, and overhead "
+      "(validation, checkpoints, data, compile, setup) as a share of the cell:",
+      "",
+      "| arm | cells/hour | cell s | first cell s | train steps s | overhead | epochs |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in result["cells"]:
+      lines.append(
+        f"| {c['arm']} | {_fmt(c['cells_per_hour'])} | {_fmt(c['cell_s'])} | {_fmt(c['first_cell_s'])} | "
+        f"{_fmt(c['steps_s'])} | {_fmt(100 * c['overhead_share'] if c['overhead_share'] is not None else None, '.0f')}% "
+        f"| {c['epochs_run']} |"
       )
   profiled = [r for r in result["models"] if r.get("profile")]
   if profiled:
@@ -804,11 +747,17 @@ def main(argv):
     print(f"{name}: input pipeline in loop.fit", file=sys.stderr, flush=True)
     result["pipeline"].append(pipeline_share(name, FLAGS.batch, FLAGS.image_size, FLAGS.pipeline_steps))
 
+  cells = [arm for arm in FLAGS.cells if arm]
+  if cells:
+    print(f"cells of compare:{FLAGS.cells_preset}: {', '.join(cells)}", file=sys.stderr, flush=True)
+    result["cells"] = cell_rates(cells, FLAGS.cells_preset)
+
   result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
   table = markdown(result)
   if notes and Path(notes).is_file():
     table += "\n" + Path(notes).read_text()
-  print(json.dumps(result, indent=1) if FLAGS.json else table)
+  # --json: the document is stdout's last line, whole, so `tail -n 1 | jq` works after any output.
+  print(json.dumps(result) if FLAGS.json else table)
   if out_dir:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

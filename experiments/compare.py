@@ -12,12 +12,12 @@ skips finished cells and resumes an interrupted one from its checkpoints; `--tab
 the outputs from cells.jsonl, and refuses (exit 2, nothing written) when no recorded cell belongs to
 this config. Tables of a grid not yet finished (a shard done before the others) say
 `PARTIAL: k of n cells`.
-`--shard=i/k` runs every k-th group of cells (shards share the workdir; e.g. two one-core processes,
-`taskset -c 0 ... --shard=1/2 & taskset -c 1 ... --shard=2/2`, or a SLURM array).
+`--shards=auto` (the fastest way on a CPU machine) runs one single-core shard process per core and
+prints one table at the end; `--shard=i/k` runs every k-th group of cells by itself (shards share the
+workdir: separate processes, machines or SLURM array tasks; `--shards` starts them for you).
 See experiments/configs/compare.py for the grid, the presets and how hyperparameters are chosen.
 """
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -26,6 +26,7 @@ import jax
 from absl import flags, logging
 
 from experiments import configs, tables, validation
+from experiments import shards as shards_lib
 from experiments import sweep as sweep_lib
 from vaeaug import cli
 from vaeaug.training import sharding
@@ -41,6 +42,13 @@ _SHARD = flags.DEFINE_string(
   'Run only shard i of k ("i/k", 1-based) of the cell groups, e.g. one '
   "per process or array-job task; tables cover every finished cell.",
 )
+_SHARDS = flags.DEFINE_string(
+  "shards",
+  "1",
+  'Run the sweep as N single-core shard processes on this machine ("auto": one per core) and print '
+  "one table at the end.",
+)
+_TABLES = flags.DEFINE_bool("tables", True, "Write and print the tables at the end (shard children: off).")
 flags.register_validator(
   "shard",
   lambda text: (found := re.fullmatch(r"(\d+)/(\d+)", text)) is not None and 1 <= int(found[1]) <= int(found[2]),
@@ -63,20 +71,32 @@ def main(argv):
     usage_error(f"--tables_only: no cells.jsonl in {workdir} (run the sweep first, or pass its --workdir)")
   if config.distributed:
     sharding.initialize_distributed()
-  if config.compilation_cache_dir:
-    # Cells share shapes: the second cell onwards loads compiled steps instead of recompiling them.
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:
+    shards = shards_lib.parse_shards(_SHARDS.value)
+  except ValueError as error:
+    usage_error(str(error))
+  if shards > 1 and (_SHARD.value != "1/1" or _TABLES_ONLY.value or config.distributed):
+    usage_error(
+      "--shards starts its own shard processes: it cannot be combined with --shard, --tables_only or distributed"
+    )
+  sweep_lib.use_compilation_cache(config)
   sweep = sweep_lib.Sweep(config, workdir)
   index, count = (int(part) for part in _SHARD.value.split("/"))
-  if _TABLES_ONLY.value:
+  if shards > 1:
+    failures = shards_lib.run_shards(sys.argv[1:], shards)
+    if failures:
+      for line in failures:
+        print(f"error: {line}; rerun the same command to resume", file=sys.stderr)
+      sys.exit(1)
+    records = sweep.tables_only_records()
+  elif _TABLES_ONLY.value:
     try:
       records = sweep.tables_only_records()
     except sweep_lib.NoCellsOfThisConfig as error:
       usage_error(str(error))
   else:
     records = sweep.run(index - 1, count)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and _TABLES.value:
     print(tables.write_outputs(sweep, records))
     print(f"tables, summary and figures in {workdir}")
 

@@ -35,7 +35,7 @@ from experiments import cell_quality
 from experiments.arms import Arm
 from vaeaug import fileio, generators, provenance, synthesis
 from vaeaug.data import pipeline
-from vaeaug.training import checkpoints, logs, run, sharding
+from vaeaug.training import checkpoints, logs, run, sharding, timing
 from vaeaug.training import recipe as recipe_lib
 
 
@@ -164,29 +164,15 @@ def config_hash(config) -> str:
   return _short_hash(recipe_of(config.to_dict()))
 
 
-# ----------------------------------------------------------------------------- timing
+# ----------------------------------------------------------------------------- compilation cache
 
 
-class _CompileClock:
-  """Seconds JAX spends tracing, lowering and compiling (or fetching from the persistent
-  compilation cache), from jax.monitoring events; registered once per process."""
-
-  def __init__(self):
-    self.seconds = 0.0
-    self._registered = False
-
-  def __call__(self, event: str, duration: float, **kwargs) -> None:
-    if event.startswith("/jax/core/compile/"):
-      self.seconds += duration
-
-  def start(self) -> float:
-    if not self._registered:
-      jax.monitoring.register_event_duration_secs_listener(self)
-      self._registered = True
-    return self.seconds
-
-
-COMPILE_CLOCK = _CompileClock()
+def use_compilation_cache(config) -> None:
+  """JAX's persistent compilation cache in `config.compilation_cache_dir` (if set): cells share
+  shapes, so the second cell onwards loads compiled steps instead of recompiling them."""
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 # ----------------------------------------------------------------------------- data
@@ -403,11 +389,15 @@ class Sweep:
     if not self._synthetic_cached(path):
       model, summary, generator_dir = None, None, None
       if arm.pool:
+        pool_start = time.perf_counter()
         model, summary, generator_dir = self.pool_generator(arm.kind)
         info["pool_generator"] = True  # its time is counted once, in the pool workdir
+        # Training it (the first pool cell) or restoring it is this cell's generator work.
+        info["generator_step_seconds"] = round(time.perf_counter() - pool_start, 2)
       elif arm.kind is not None:
         model, summary = self.generator(*cell.group, arm.kind)
         info["generator_seconds"] = summary["seconds"]
+        info["generator_step_seconds"] = summary.get("timing", {}).get("steps", 0.0)
         generator_dir = self.group_dir(*cell.group) / f"generator_{arm.kind}"
       start = time.perf_counter()
       sampler = arm.sampler_name(self.config.synthesis)
@@ -532,20 +522,24 @@ class Sweep:
     return classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=score_test), sub
 
   def run_cell(self, cell: Cell) -> dict:
-    start, compile_start, data_start = time.perf_counter(), COMPILE_CLOCK.start(), self.data.seconds
+    start, compile_start, data_start = time.perf_counter(), timing.COMPILE_CLOCK.start(), self.data.seconds
     real = self.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
-    timing = {}
+    seconds = {}
     synthetic_counts, ratio, classifier_dir, quality = None, None, workdir, None
+    fits = []  # the timing of every classifier trained for this cell
     if cell.arm.generator is None:
       summary, sub = self._train_classifier(cell, real, workdir, score_test=True)
+      fits.append(summary.get("timing", {}))
     else:
       synthetic, info = self.synthetic(cell)
-      timing.update(
+      reused = info.get("reused", False)
+      seconds.update(
         generator_seconds=info.get("generator_seconds", 0.0),
+        generator_step_seconds=info.get("generator_step_seconds", 0.0),
         synthesis_seconds=info.get("synthesis_seconds", 0.0),
         quality_seconds=info.get("quality_seconds", 0.0),
-        generator_reused=info.get("reused", False),
+        generator_reused=reused,
       )
       quality = info.get("quality")
       ratios = tuple(self.config.synthesis.synthetic_ratios)
@@ -555,14 +549,18 @@ class Sweep:
         train = synthesis.combine(real, chosen)
         candidate_dir = workdir if len(ratios) == 1 else workdir / f"ratio{r:g}"
         summary, sub = self._train_classifier(cell, train, candidate_dir, score_test=len(ratios) == 1)
+        fits.append(summary.get("timing", {}))
         candidates.append((summary["best_validation_value"], r, candidate_dir, train, chosen))
       if len(ratios) > 1:  # pick on validation, then score test with the chosen classifier only
         _, ratio, classifier_dir, train, chosen = max(candidates, key=lambda c: (c[0], -c[1]))
         summary, sub = self._train_classifier(cell, train, classifier_dir, score_test=True)
+        fits.append(summary.get("timing", {}))
       else:
         _, ratio, classifier_dir, _, chosen = candidates[0]
       synthetic_counts = chosen.class_counts()
-    timing["classifier_seconds"] = summary["seconds"]
+    seconds["classifier_seconds"] = summary["seconds"]
+    for phase in ("steps", "validation", "checkpoints"):
+      seconds[f"classifier_{phase}_seconds"] = round(sum(fit.get(phase, 0.0) for fit in fits), 2)
     record = {
       "key": cell.key,
       "config_hash": self.hash,
@@ -593,12 +591,12 @@ class Sweep:
       # The classifier used its whole budget (the step cap or its epochs) instead of stopping early.
       "capped": not summary["stopped_early"],
       "synthesis_config": self.config.synthesis.to_dict(),
-      "timing": {
-        **timing,
-        "data_seconds": round(self.data.seconds - data_start, 2),
-        "compile_seconds": round(COMPILE_CLOCK.seconds - compile_start, 2),
-        "cell_seconds": round(time.perf_counter() - start, 2),
-      },
+      "timing": cell_timing(
+        seconds,
+        data_seconds=self.data.seconds - data_start,
+        compile_seconds=timing.COMPILE_CLOCK.seconds - compile_start,
+        cell_seconds=time.perf_counter() - start,
+      ),
       "provenance": provenance.collect(),
     }
     return record
@@ -681,6 +679,26 @@ class Sweep:
     progress_events.close()
     finished = self.finished()  # other shards' cells too
     return {c.key: finished[c.key] for c in all_cells if c.key in finished}
+
+
+def cell_timing(seconds: dict, *, data_seconds: float, compile_seconds: float, cell_seconds: float) -> dict:
+  """A cell's timing record. Its work is the train steps of the classifiers and of the generator it
+  trained, the synthesis and the synthetic set's quality; `overhead_seconds` is the rest of the cell
+  (validation, metric fetches, checkpoints, data, compile, setup), `overhead_share` its share."""
+  out = {
+    **seconds,
+    "data_seconds": round(data_seconds, 2),
+    "compile_seconds": round(compile_seconds, 2),
+    "cell_seconds": round(cell_seconds, 2),
+  }
+  work = out.get("classifier_steps_seconds", 0.0)
+  if not out.get("generator_reused", False):
+    work += out.get("generator_step_seconds", 0.0) + out.get("synthesis_seconds", 0.0) + out.get("quality_seconds", 0.0)
+  # A reused generator's cost was counted in the cell that trained it, and is not in this cell's wall time.
+  overhead = max(0.0, cell_seconds - work)
+  out["overhead_seconds"] = round(overhead, 2)
+  out["overhead_share"] = round(overhead / cell_seconds, 4) if cell_seconds > 0 else None
+  return out
 
 
 def _strip(metrics: dict | None) -> dict | None:

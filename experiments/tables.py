@@ -254,23 +254,45 @@ def cross_csv(summary: dict) -> str:
   return buffer.getvalue()
 
 
+_TIMING_KEYS = (
+  "classifier_seconds",
+  "classifier_steps_seconds",
+  "classifier_validation_seconds",
+  "classifier_checkpoints_seconds",
+  "generator_seconds",
+  "generator_step_seconds",
+  "synthesis_seconds",
+  "quality_seconds",
+  "data_seconds",
+  "compile_seconds",
+  "overhead_seconds",
+  "cell_seconds",
+)
+_GENERATOR_WORK = ("generator_seconds", "generator_step_seconds", "synthesis_seconds", "quality_seconds")
+
+
 def timing_summary(records: dict[str, dict]) -> dict:
-  """Where the sweep's compute went (seconds summed over cells; a shared generator counted once)."""
-  total = {
-    "classifier_seconds": 0.0,
-    "generator_seconds": 0.0,
-    "synthesis_seconds": 0.0,
-    "data_seconds": 0.0,
-    "compile_seconds": 0.0,
-    "cell_seconds": 0.0,
-  }
+  """Where the sweep's compute went: seconds summed over cells (a shared generator and its synthetic
+  set counted once), the share of cell time that was overhead rather than train steps, synthesis or
+  quality (`experiments.sweep.cell_timing`), overall and per arm, and cells per hour."""
+  total = dict.fromkeys(_TIMING_KEYS, 0.0)
+  by_arm: dict[str, list[float]] = {}
   for record in records.values():
     timing = record.get("timing", {})
     for key in total:
-      if key in ("generator_seconds", "synthesis_seconds") and timing.get("generator_reused"):
+      if key in _GENERATOR_WORK and timing.get("generator_reused"):
         continue
       total[key] += float(timing.get(key, 0.0) or 0.0)
-  return {k: round(v, 1) for k, v in total.items()}
+    arm = by_arm.setdefault(record["arm"], [0.0, 0.0])
+    arm[0] += float(timing.get("overhead_seconds", 0.0) or 0.0)
+    arm[1] += float(timing.get("cell_seconds", 0.0) or 0.0)
+  out = {k: round(v, 1) for k, v in total.items()}
+  cell_seconds = total["cell_seconds"]
+  out["cells"] = len(records)
+  out["cells_per_hour"] = round(3600 * len(records) / cell_seconds, 1) if cell_seconds > 0 else None
+  out["overhead_share"] = round(total["overhead_seconds"] / cell_seconds, 3) if cell_seconds > 0 else None
+  out["overhead_share_by_arm"] = {arm: round(o / c, 3) if c > 0 else None for arm, (o, c) in by_arm.items()}
+  return out
 
 
 # ----------------------------------------------------------------------------- figures

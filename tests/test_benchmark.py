@@ -37,11 +37,13 @@ def test_benchmark_smoke(tmp_path):
     f"--out_dir={tmp_path}",
     "--name=smoke",
     "--notes=",
+    "--cells=none",
+    "--cells_preset=tiny",
     "--json",
   ]
   done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads(done.stdout)
+  result = json.loads(done.stdout.splitlines()[-1])  # the whole document on stdout's last line
   assert json.loads((tmp_path / "smoke.json").read_text()) == result
   (row,) = result["models"]
   assert row["model"] == "cnn_bn3" and row["params"] == models.count_params(
@@ -53,7 +55,12 @@ def test_benchmark_smoke(tmp_path):
   assert row["profile"]["categories"] and row["profile"]["top_ops"]
   (pipe,) = result["pipeline"]
   assert pipe["model"] == "cnn_bn3" and 0 < pipe["data_share"] < 1
+  (cell,) = result["cells"]
+  assert cell["arm"] == "none" and cell["preset"] == "tiny" and cell["cells"] == 2
+  assert cell["cells_per_hour"] == pytest.approx(3600 / cell["cell_s"], rel=0.01)
+  assert 0 < cell["steps_s"] < cell["cell_s"] and 0 < cell["overhead_share"] < 1
   table = (tmp_path / "smoke.md").read_text()
+  assert f"| none | {cell['cells_per_hour']:.1f} |" in table
   assert (
     f"| cnn_bn3 | {row['params']:,} |" in table
     and "fp32 peak" in table

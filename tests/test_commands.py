@@ -34,10 +34,11 @@ COMMANDS = {
   "vaeaug-train-generator": ("workdir", "config"),
   "vaeaug-synthesize": ("generator", "out", "per_class", "sampler"),
   "vaeaug-evaluate-generator": ("generator", "classifier", "per_class"),
-  "vaeaug-compare": ("config", "workdir", "shard", "tables_only"),
+  "vaeaug-compare": ("config", "workdir", "shard", "shards", "tables_only"),
   "vaeaug-predict": ("checkpoint", "inputs", "json"),
   "vaeaug-summarize": ("metrics",),
-  "vaeaug-benchmark": ("models", "out_dir", "notes"),
+  "vaeaug-benchmark": ("models", "out_dir", "notes", "cells"),
+  "vaeaug-sweep-modes": ("modes", "preset", "num_seeds", "out_dir"),
 }
 # scripts/*.py -> the console script it wraps.
 SCRIPTS = {
@@ -45,6 +46,7 @@ SCRIPTS = {
   "audit_data.py": "vaeaug-audit",
   "summarize_runs.py": "vaeaug-summarize",
   "benchmark.py": "vaeaug-benchmark",
+  "sweep_modes.py": "vaeaug-sweep-modes",
 }
 
 

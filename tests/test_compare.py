@@ -235,7 +235,21 @@ def test_tiny_sweep_end_to_end(uninterrupted):
   for line in lines:
     assert line["provenance"]["git_commit"] == provenance.git_state()["git_commit"]
     assert line["provenance"]["versions"]["jax"] == jax.__version__ and line["provenance"]["device_count"] >= 1
+  # Per-cell timing: work (train steps, synthesis, quality) and the overhead that is the rest.
+  for line in lines:
+    t = line["timing"]
+    assert t["classifier_steps_seconds"] > 0 and 0 < t["overhead_share"] < 1
+    work = t["classifier_steps_seconds"]
+    if not t.get("generator_reused", False):
+      work += t.get("generator_step_seconds", 0) + t.get("synthesis_seconds", 0) + t.get("quality_seconds", 0)
+    assert t["overhead_seconds"] == pytest.approx(t["cell_seconds"] - work, abs=0.05)
   summary = json.loads((workdir / "summary.json").read_text())
+  compute = summary["compute_seconds"]
+  assert compute["cells"] == 6 and compute["cells_per_hour"] == pytest.approx(
+    3600 * 6 / compute["cell_seconds"], rel=0.01
+  )
+  assert compute["overhead_share"] == pytest.approx(compute["overhead_seconds"] / compute["cell_seconds"], abs=0.01)
+  assert set(compute["overhead_share_by_arm"]) == {line["arm"] for line in lines}
   assert summary["provenance"]["versions"] == lines[0]["provenance"]["versions"]
   commit = provenance.git_state()["git_commit"] + ("+dirty" if provenance.git_state()["git_dirty"] else "")
   assert summary["cell_commits"] == {commit: 6}
@@ -255,6 +269,29 @@ def test_tiny_sweep_end_to_end(uninterrupted):
   assert len(generators_runs) == 2 and all("generator/samples" in runs[run]["images"] for run in generators_runs)
   rerun = _run(workdir, data_dir)
   assert "6 already finished" in rerun.stderr and "[cell" not in rerun.stderr
+
+
+def test_shards_run_one_single_core_process_each_and_one_table(uninterrupted, tmp_path):
+  """--shards=2: two pinned shard processes (their lines prefixed), every cell once, one table; the
+  cells equal the one-process run's."""
+  reference, _, data_dir = uninterrupted
+  workdir = tmp_path / "sharded"
+  command = _compare_command(workdir, data_dir) + ["--shards=2"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[shard 1/2] compare: " in result.stderr and "[shard 2/2] compare: " in result.stderr
+  assert result.stdout.count("n_per_class = 12") == 1  # the parent's table only
+  cells = {json.loads(line)["key"]: json.loads(line) for line in (workdir / "cells.jsonl").read_text().splitlines()}
+  expected = {
+    json.loads(line)["key"]: json.loads(line) for line in (reference / "cells.jsonl").read_text().splitlines()
+  }
+  assert sorted(cells) == sorted(expected)
+  for key, cell in cells.items():
+    for metric in ("balanced_accuracy", "roc_auc"):
+      assert cell["test"][metric] == expected[key]["test"][metric], (key, metric)
+  for bad, message in ((["--shards=0"], "--shards"), (["--shards=2", "--shard=1/2"], "cannot be combined")):
+    done = subprocess.run(_compare_command(tmp_path / "bad", data_dir) + bad, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and not (tmp_path / "bad").exists()
 
 
 def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):

@@ -281,6 +281,21 @@ def _epoch(ds, bs, **kw):
   return list(epoch_batches(ds, bs, **kw))
 
 
+def test_even_batch_size_covers_the_examples_in_the_fewest_batches_with_least_padding():
+  from vaeaug.data.pipeline import even_batch_size
+
+  for n in (1, 7, 64, 255, 256, 257, 395, 1000):
+    for max_batch, multiple in ((256, 1), (256, 4), (64, 8), (5, 2)):
+      size = even_batch_size(n, max_batch, multiple)
+      cap = max(multiple, max_batch - max_batch % multiple)
+      batches = -(-n // size)
+      assert size % multiple == 0 and size <= cap and batches == -(-n // cap)  # as few batches as the cap allows
+      assert size - multiple < -(-n // batches)  # no smaller multiple covers n in that many batches
+  assert even_batch_size(395, 256) == 198 and even_batch_size(395, 256, 4) == 200
+  with pytest.raises(ValueError, match="positive"):
+    even_batch_size(0, 256)
+
+
 def test_num_batches_and_resume_point():
   assert num_batches(10, 3, "drop") == 3
   assert num_batches(10, 3, "pad") == 4

@@ -47,6 +47,7 @@ def files(workdir: Path) -> dict[str, bytes]:
 def scored(workdir: Path) -> dict:
   summary = json.loads((workdir / "test_metrics.json").read_text())
   summary.pop("seconds")
+  summary.pop("timing")  # wall seconds by phase
   return summary
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from classifiers import train
 from experiments.configs import classifier as classifier_config
 from vaeaug.data import pipeline, sources
-from vaeaug.training import logs, loop, sharding
+from vaeaug.training import logs, loop, sharding, timing
 from vaeaug.training.state import make_optimizer, make_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +105,7 @@ def fit_tiny(config, data, workdir, step_fn=None):
     log_every_steps=config.log_every_steps,
     checkpoint_every_steps=config.checkpoint_every_steps,
     checkpoint_every_epochs=config.checkpoint_every_epochs,
+    checkpoint_min_seconds=config.get("checkpoint_min_seconds", 0.0),
     keep_checkpoints=config.keep_checkpoints,
     progress=False,
   )
@@ -185,6 +186,41 @@ def test_sparse_epoch_checkpoints_resume_exactly(data, tmp_path):
   assert without_timing(tmp_path / "resumed" / "metrics.jsonl") == without_timing(tmp_path / "full" / "metrics.jsonl")
   with pytest.raises(ValueError, match="checkpoint_every_epochs"):
     loop.LoopConfig(epochs=1, batch_size=1, checkpoint_every_epochs=0)
+
+
+def test_checkpoint_min_seconds_keeps_only_the_final_save_of_a_short_run(data, tmp_path):
+  config = tiny_config(epochs=3, checkpoint_min_seconds=3600.0, keep_checkpoints=10)
+  steps_per_epoch = pipeline.num_batches(len(data.train), config.batch_size, "drop")
+  result = fit_tiny(config, data, tmp_path)
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [3 * steps_per_epoch] and result.steps == 3 * steps_per_epoch
+  with pytest.raises(ValueError, match="checkpoint_min_seconds"):
+    loop.LoopConfig(epochs=1, batch_size=1, checkpoint_min_seconds=-1.0)
+
+
+def test_fit_reports_its_time_by_phase(data, tmp_path):
+  result = fit_tiny(tiny_config(epochs=2), data, tmp_path)
+  phases = result.timing
+  for name in ("steps", "input", "validation", "checkpoints", "compile", "other", "total"):
+    assert phases[name] >= 0, name
+  assert phases["steps"] > 0 and phases["validation"] > 0 and phases["checkpoints"] > 0
+  assert phases["compile"] > 0  # the first step and validation compiled in this process
+  booked = sum(v for k, v in phases.items() if k != "total")
+  assert booked == pytest.approx(phases["total"], abs=0.01)
+
+
+def test_phases_book_every_second_once_and_compile_apart():
+  phases = timing.Phases()
+  with phases.phase("outer"):
+    time.sleep(0.05)
+    with phases.phase("inner"):
+      time.sleep(0.05)
+      jax.jit(lambda x: x * 3 + 1)(jnp.arange(7.0)).block_until_ready()  # a fresh compile
+    time.sleep(0.05)
+  summary = phases.summary()
+  assert 0.1 <= summary["outer"] < 0.2 and 0.05 <= summary["inner"] < 0.1 + summary["compile"]
+  assert summary["compile"] > 0
+  assert sum(v for k, v in summary.items() if k != "total") == pytest.approx(summary["total"], abs=0.005)
 
 
 def test_finished_run_is_not_retrained(data, tmp_path):

@@ -84,15 +84,19 @@ def train_step(state: TrainState, batch, base_key, *, beta: float, warmup_steps:
   return state.apply_gradients(grads, model_state), metrics
 
 
-def eval_step(state: TrainState, images, labels, key, *, options: kinds.LossOptions):
-  """Per-example validation terms with the true ELBO (beta = 1) and reconstruction errors."""
-  return eval_terms(state.model(), images, labels, key, options=options)
+def eval_step(state: TrainState, images, labels, key, *, options: kinds.LossOptions, reconstruction: bool = True):
+  """Per-example validation terms with the true ELBO (beta = 1) and, with `reconstruction`, the
+  reconstruction errors (a second pass through the model: the per-epoch model selection reads only
+  the loss, so training validates without it)."""
+  return eval_terms(state.model(), images, labels, key, options=options, reconstruction=reconstruction)
 
 
-def eval_terms(model, images, labels, key, *, options: kinds.LossOptions):
+def eval_terms(model, images, labels, key, *, options: kinds.LossOptions, reconstruction: bool = True):
   """`eval_step` of a model (rather than a train state)."""
   x = pipeline.to_float(images, "unit")
   terms = losses(model, x, labels, key, train=False, beta=1.0, options=options)
+  if not reconstruction:
+    return terms
   reconstruction = model.reconstruct(x, train=False, labels=labels if model.conditional else None)
   squared = jnp.mean((reconstruction - x) ** 2, axis=(1, 2, 3))
   return {**terms, "mse": squared, "psnr": -10.0 * jnp.log10(jnp.maximum(squared, 1e-10))}
@@ -133,6 +137,25 @@ Data = run.Data
 POOL_DATASET = "pool"
 
 
+# One jitted function per step configuration for the whole process: the cells of a sweep reuse its
+# compiled executables instead of tracing and fetching them again.
+@functools.lru_cache(maxsize=64)
+def jitted_train_step(beta: float, warmup_steps: int, options: kinds.LossOptions, compiler_options: tuple):
+  return jax.jit(
+    functools.partial(train_step, beta=beta, warmup_steps=warmup_steps, options=options),
+    donate_argnums=0,
+    compiler_options=dict(compiler_options),
+  )
+
+
+@functools.lru_cache(maxsize=64)
+def jitted_eval_step(options: kinds.LossOptions, compiler_options: tuple, reconstruction: bool = True):
+  return jax.jit(
+    functools.partial(eval_step, options=options, reconstruction=reconstruction),
+    compiler_options=dict(compiler_options),
+  )
+
+
 def load_data(config) -> Data:
   """The real training images (`run.real_train`: the ones the classifier of the same config sees)
   and the validation split. Test is never read here. `config.dataset == "pool"`: the unlabeled face pool
@@ -160,20 +183,12 @@ def train_generator(
   setup = run.setup(config, workdir, data, overwrite=overwrite)
   state = create_generator_state(config, len(data.class_names), setup.steps_per_epoch)
   options = loss_options(config)
-  compiler_options = step_compiler_options(config)
-  step_fn = jax.jit(
-    functools.partial(
-      train_step,
-      beta=config.beta,
-      warmup_steps=round(config.kl_warmup_epochs * setup.steps_per_epoch),
-      options=options,
-    ),
-    donate_argnums=0,
-    compiler_options=compiler_options,
-  )
-  eval_fn = jax.jit(functools.partial(eval_step, options=options), compiler_options=compiler_options)
+  compiler_options = tuple(sorted(step_compiler_options(config).items()))
+  warmup_steps = round(config.kl_warmup_epochs * setup.steps_per_epoch)
+  step_fn = jitted_train_step(float(config.beta), warmup_steps, options, compiler_options)
+  selection_eval_fn = jitted_eval_step(options, compiler_options, reconstruction=False)
 
-  def evaluate(state):
+  def evaluate(state, eval_fn=selection_eval_fn):
     return evaluate_dataset(eval_fn, state, data.validation, config.eval_batch_size, setup.mesh, seed=config.seed)
 
   # Lowest validation loss: the negative ELBO (VAE, CVAE) or the denoising loss (DAE).
@@ -196,7 +211,7 @@ def train_generator(
     hparams=config.to_dict(),
     epoch_hook=epoch_hook,
   )
-  validation = evaluate(result.state)
+  validation = evaluate(result.state, jitted_eval_step(options, compiler_options))  # with reconstruction errors
   train_rates = [r["img_per_s"] for r in logs.read_metrics(workdir / "metrics.jsonl") if r.get("split") == "train"]
   summary = {
     "model": config.model,
@@ -220,6 +235,7 @@ def train_generator(
     "train_img_per_s": float(np.median(train_rates[1:])) if len(train_rates) > 1 else None,
     "steps": result.steps,
     "seconds": round(time.perf_counter() - start, 1),
+    "timing": result.timing,  # the training loop's seconds by phase
   }
   if jax.process_index() == 0:
     fileio.atomic_write_text(workdir / "generator_metrics.json", json.dumps(summary, indent=1) + "\n")

@@ -76,6 +76,7 @@ SHARED_FIELDS = (
   "progress",
   "log_every_steps",
   "checkpoint_every_epochs",
+  "checkpoint_min_seconds",
 )
 
 
@@ -161,9 +162,11 @@ def get_config(preset: str = "default"):
 
   config.progress = False  # per-step lines of each cell; the sweep prints one line per cell
   config.log_every_steps = 8
-  # A save per 16-step epoch was ~20% of a classifier cell's time on CPU; a kill now redoes at
-  # most 5 epochs of the cell (resume replays them exactly, so results do not change).
-  config.checkpoint_every_epochs = 5
+  # A save per 16-step epoch was ~20% of a classifier cell's time on CPU: epoch-end saves at least
+  # 30 s apart, so a cell shorter than that saves once, at its end, and a kill redoes at most about
+  # 30 s of a longer one (resume replays the epochs since the save exactly: results do not change).
+  config.checkpoint_every_epochs = 1
+  config.checkpoint_min_seconds = 30.0
 
   if preset == "default":
     pass
@@ -211,7 +214,7 @@ def get_config(preset: str = "default"):
     config.num_seeds = 2
     config.min_epoch_size = 64
     config.log_every_steps = 2
-    config.checkpoint_every_epochs = 1  # the kill-resume tests want a save per epoch
+    config.checkpoint_min_seconds = 0.0  # the kill-resume tests want a save per epoch
     config.classifier.epochs = 3
     config.classifier.patience = 3
     config.classifier.batch_size = 16

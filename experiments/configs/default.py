@@ -35,6 +35,7 @@ def get_config():
   config.log_every_steps = 10
   config.checkpoint_every_steps = 0  # besides epoch ends; multiple of log_every_steps
   config.checkpoint_every_epochs = 1  # epoch-end saves every N epochs (the last always); resume replays the rest
+  config.checkpoint_min_seconds = 0.0  # ... and at least this long after the previous save
   config.keep_checkpoints = 2
   config.progress = True
   config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all local devices

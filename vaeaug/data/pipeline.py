@@ -834,6 +834,18 @@ def _unpack(data: Any) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+def even_batch_size(num_examples: int, max_batch: int, multiple: int = 1) -> int:
+  """The smallest batch size, a multiple of `multiple`, that covers `num_examples` in as few batches
+  as `max_batch` allows: evaluation pads the last batch, so 395 examples at 256 run as 2 x 200
+  (400 rows) instead of 2 x 256 (512)."""
+  if num_examples < 1 or max_batch < 1 or multiple < 1:
+    raise ValueError(f"need positive sizes, got {num_examples} examples, batch {max_batch}, multiple {multiple}")
+  max_batch = max(multiple, max_batch - max_batch % multiple)
+  batches = -(-num_examples // max_batch)
+  size = -(-num_examples // batches)
+  return -(-size // multiple) * multiple
+
+
 def epoch_batches(
   data: Any,
   batch_size: int,

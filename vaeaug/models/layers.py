@@ -498,26 +498,33 @@ def _shift_conv_applies(lhs, rhs, strides, oh, ow, precision, preferred_element_
   )
 
 
-def _shifted_sum(x, kernel, pads):
+def _shifted_sum(x, kernel, pads, *, spare_row: bool = False):
   """Stride-1 NHWC x HWIO conv as sum over taps and input channels of a shifted input channel
-  times that kernel row: elementwise ops that XLA fuses into one loop."""
+  times that kernel row: elementwise ops that XLA fuses into one loop.
+
+  `spare_row`: compute one output row more than needed and crop it. Then every tap reads a padded
+  row, so no tap is the unpadded input itself; otherwise, when nothing else keeps the input in
+  memory (inference), XLA fuses the input's producer (the previous conv, BatchNorm, ReLU and pool)
+  into both the padding and the sum, computing it twice (cnn_bn3 forward, 256 images at 32 px:
+  12.5 -> 8.7 ms). In training the crop would be fused into the sum's consumers instead."""
   kh, kw, cin, _ = kernel.shape
   (pt, pb), (pl, pr) = pads
   oh, ow = x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+  rows = oh + int(spare_row)
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb + int(spare_row), 0), (pl, pr, 0), (0, 0, 0)))
   out = None
   for i in range(kh):
     for j in range(kw):
-      tap = xp[:, i : i + oh, j : j + ow, :]
+      tap = xp[:, i : i + rows, j : j + ow, :]
       for c in range(cin):
         term = tap[..., c : c + 1] * kernel[i, j, c]
         out = term if out is None else out + term
-  return out
+  return out[:, :oh] if spare_row else out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_shift(lhs, rhs, pads):
-  return _shifted_sum(lhs, rhs, pads)
+  return _shifted_sum(lhs, rhs, pads, spare_row=True)  # not differentiated: inference
 
 
 def _conv_shift_fwd(lhs, rhs, pads):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaeaug.data import pipeline
-from vaeaug.training import logs, sharding
+from vaeaug.training import logs, sharding, timing
 from vaeaug.training.checkpoints import Checkpointer
 
 PREFETCH_BATCHES = 2  # batches on their way to the devices ahead of the running step
@@ -42,6 +42,9 @@ class LoopConfig:
   log_every_steps: int = 20
   checkpoint_every_steps: int = 0  # besides every epoch end; 0: epoch ends only
   checkpoint_every_epochs: int = 1  # epoch-end saves every N epochs (and always the last)
+  # ... and only when this many seconds passed since the last save: short runs (sweep cells)
+  # save once, at the end; resume replays the epochs since the last save exactly.
+  checkpoint_min_seconds: float = 0.0
   keep_checkpoints: int = 2
   selection_metric: str = "loss"  # validation metric that picks the best epoch
   selection_mode: str = "min"  # "min" or "max"
@@ -62,6 +65,8 @@ class LoopConfig:
       )
     if self.checkpoint_every_epochs < 1:
       raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
+    if not self.checkpoint_min_seconds >= 0:
+      raise ValueError(f"checkpoint_min_seconds must be >= 0, got {self.checkpoint_min_seconds}")
     if self.patience is not None and self.patience < 1:
       raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
@@ -75,6 +80,7 @@ class LoopConfig:
       log_every_steps=config.log_every_steps,
       checkpoint_every_steps=config.checkpoint_every_steps,
       checkpoint_every_epochs=config.checkpoint_every_epochs,
+      checkpoint_min_seconds=config.get("checkpoint_min_seconds", 0.0),
       keep_checkpoints=config.keep_checkpoints,
       selection_metric=selection_metric,
       selection_mode=selection_mode,
@@ -100,6 +106,9 @@ class FitResult:
   stopped_early: bool
   steps: int
   resumed_from: int | None
+  # Wall seconds by phase: steps (the step loop with its metric fetches), input (waiting for the
+  # next batch), validation, checkpoints, compile, other (setup); total (`timing.Phases.summary`).
+  timing: dict = dataclasses.field(default_factory=dict)
 
 
 class NonFiniteError(FloatingPointError):
@@ -162,6 +171,7 @@ def fit(
   writer)` runs on process 0 after each epoch's validation, with the `logs.EventWriter` (e.g. to add
   images); it must not keep `state`, whose buffers the next train step may donate.
   """
+  phases = timing.Phases()
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or sharding.make_mesh()
@@ -187,7 +197,8 @@ def fit(
   }
   checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
   try:
-    restored = checkpointer.restore_latest(state, best)
+    with phases.phase("checkpoints"):
+      restored = checkpointer.restore_latest(state, best)
     resumed_from = None
     if restored is not None:
       resumed_from, state, best, record = restored
@@ -209,19 +220,21 @@ def fit(
     progress = logs.Progress(total_steps, start_step=step, enabled=config.progress and is_chief)
 
     last_saved = resumed_from
+    last_saved_at = time.perf_counter()
 
     def save(step_now):
-      nonlocal last_saved
+      nonlocal last_saved, last_saved_at
       # The step metrics up to here were checked by flush(); this also catches a state that went
       # non-finite without its metrics showing it (e.g. an optimizer statistic).
       tree = {"params": state.params, "model_state": state.model_state, "opt_state": state.opt_state, "best": best}
-      if not bool(_all_finite(tree)):
-        raise NonFiniteError(
-          f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
-          f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}"
-        )
-      checkpointer.save(step_now, state, best, record)
-      last_saved = step_now
+      with phases.phase("checkpoints"):
+        if not bool(_all_finite(tree)):
+          raise NonFiniteError(
+            f"non-finite state at step {step_now} ({', '.join(_nonfinite_leaves(tree))}); "
+            f"not checkpointed, last checkpoint: {'none' if last_saved is None else f'step {last_saved}'}"
+          )
+        checkpointer.save(step_now, state, best, record)
+      last_saved, last_saved_at = step_now, time.perf_counter()
 
     pending: list[tuple[int, dict]] = []  # device-side step metrics not yet fetched
     interval_start, interval_steps = time.perf_counter(), 0
@@ -264,18 +277,24 @@ def fit(
         process_count=jax.process_count(),
       )
       # The next batch is gathered and sent to the devices while this step runs.
-      for batch in sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label")):
-        state, metrics = train_step(state, batch, base_key)
-        step += 1
-        interval_steps += 1
-        pending.append((step, metrics))
-        if step % config.log_every_steps == 0:
-          flush(step, epoch)
-        at_epoch_end = step % steps_per_epoch == 0
-        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not at_epoch_end:
-          flush(step, epoch)
-          save(step)
-      flush(step, epoch)
+      prefetched = sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label"))
+      with phases.phase("steps"):  # the input and saves inside book to their own phases
+        while True:
+          with phases.phase("input"):
+            batch = next(prefetched, None)
+          if batch is None:
+            break
+          state, metrics = train_step(state, batch, base_key)
+          step += 1
+          interval_steps += 1
+          pending.append((step, metrics))
+          if step % config.log_every_steps == 0:
+            flush(step, epoch)
+          at_epoch_end = step % steps_per_epoch == 0
+          if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not at_epoch_end:
+            flush(step, epoch)
+            save(step)
+        flush(step, epoch)
       start_batch = 0
 
       where = (
@@ -283,7 +302,8 @@ def fit(
         f"{'none' if last_saved is None else f'step {last_saved}'}"
       )
       try:
-        values = {name: float(value) for name, value in evaluate(state).items()}
+        with phases.phase("validation"):
+          values = {name: float(value) for name, value in evaluate(state).items()}
       except NonFiniteError as error:
         raise NonFiniteError(f"{error} {where}") from error
       # A validation loss is always defined; NaN there means the model's outputs are.
@@ -305,7 +325,8 @@ def fit(
       events.write(line)
       if epoch_hook is not None and is_chief:
         # Another process may hold part of a global array: the hook gets a host copy then.
-        epoch_hook(state if jax.process_count() == 1 else jax.device_get(state), epoch, step, events)
+        with phases.phase("validation"):
+          epoch_hook(state if jax.process_count() == 1 else jax.device_get(state), epoch, step, events)
       events.flush()
       if config.progress and is_chief:
         print(
@@ -321,13 +342,17 @@ def fit(
       record["finished"] = record["stopped_early"] or epoch >= config.epochs
       # A resume replays the epochs since the last save exactly, so sparser saves cost only redone
       # work after a kill; on short epochs each save (~50-80 ms) is a large share of the epoch.
-      if record["finished"] or epoch % config.checkpoint_every_epochs == 0:
+      if record["finished"] or (
+        epoch % config.checkpoint_every_epochs == 0
+        and time.perf_counter() - last_saved_at >= config.checkpoint_min_seconds
+      ):
         save(step)
       interval_start = time.perf_counter()  # throughput excludes evaluation and checkpointing
   finally:
     # On an exception too (Ctrl-C in a notebook, NonFiniteError): pending background saves finish
     # before the caller, or a rerun in the same process, touches the checkpoints.
-    checkpointer.close()
+    with phases.phase("checkpoints"):
+      checkpointer.close()
   events.close()
 
   if record["best_epoch"] < 0:
@@ -341,4 +366,5 @@ def fit(
     stopped_early=record["stopped_early"],
     steps=step,
     resumed_from=resumed_from,
+    timing=phases.summary(),
   )

@@ -25,6 +25,7 @@ EXECUTION_ONLY = frozenset(
     "log_every_steps",
     "checkpoint_every_steps",
     "checkpoint_every_epochs",
+    "checkpoint_min_seconds",
     "keep_checkpoints",
     "xla_cpu_ynn_fusions",
     "compilation_cache_dir",

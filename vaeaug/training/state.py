@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -70,6 +71,10 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adadelta")
 
 
+# Cached (both): equal settings give the same optax objects, and a train state holds its optimizer as
+# static data, so the cells of a sweep with equal settings reuse one compiled step instead of
+# tracing it again.
+@functools.lru_cache(maxsize=256)
 def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
   """constant (with optional linear warm-up), cosine decay with warm-up, or one-cycle."""
   total_steps = max(int(total_steps), 1)
@@ -87,6 +92,7 @@ def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_step
   raise ValueError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
 
 
+@functools.lru_cache(maxsize=256)
 def make_optimizer(
   name: str,
   schedule: optax.Schedule,
