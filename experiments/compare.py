@@ -79,6 +79,8 @@ def main(argv):
     usage_error(
       "--shards starts its own shard processes: it cannot be combined with --shard, --tables_only or distributed"
     )
+  # Shards deal whole cell groups (dataset, n_per_class, seed): more shards than groups would idle.
+  shards = min(shards, len({cell.group for cell in sweep_lib.cells_of(config)}))
   sweep_lib.use_compilation_cache(config)
   sweep = sweep_lib.Sweep(config, workdir)
   index, count = (int(part) for part in _SHARD.value.split("/"))

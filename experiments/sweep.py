@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -364,13 +365,12 @@ class Sweep:
     every cell (and shard: a file lock lets one process train it while the others wait); resumable."""
     workdir = self.runs / f"pool_{kind}"
     summary_path = workdir / "generator_metrics.json"
-    if not summary_path.exists():
-      workdir.mkdir(parents=True, exist_ok=True)
-      with (workdir.parent / f"pool_{kind}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not summary_path.exists():
-          self._say(f"pretraining {kind} on the unlabeled face pool in {workdir}")
-          generators.train_generator(pool_generator_config(self.config, kind), workdir)
+
+    def pretrain():
+      self._say(f"pretraining {kind} on the unlabeled face pool in {workdir}")
+      generators.train_generator(pool_generator_config(self.config, kind), workdir)
+
+    _build_once(workdir, summary_path, pretrain)
     _, model, _ = generators.restore_generator(workdir)
     return model, json.loads(summary_path.read_text()), workdir
 
@@ -492,7 +492,8 @@ class Sweep:
     if not self.config.quality.enabled:
       return None
     workdir = self.runs / "features" / _slug(dataset)
-    if not (workdir / "validation_metrics.json").exists():
+
+    def train():
       splits = self.data.splits(dataset)
       train = repeat_to(splits["train"], self.config.min_epoch_size)
       sub = cell_config(self.config.classifier, dataset, None, 0)
@@ -500,6 +501,8 @@ class Sweep:
       sub.epochs = _capped_epochs(sub, len(train))
       data = classifier_train.Data(train=train, validation=splits["validation"])
       classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=False)
+
+    _build_once(workdir, workdir / "validation_metrics.json", train)  # shared by every shard
     config, state, _ = classifier_train.restore_best(workdir)
     embed = jax.jit(functools.partial(classifier_train.embed_step, normalization=config.normalization))
     return lambda dataset_: classifier_train.predict_probabilities(embed, state, dataset_, 256, self.mesh)
@@ -679,6 +682,18 @@ class Sweep:
     progress_events.close()
     finished = self.finished()  # other shards' cells too
     return {c.key: finished[c.key] for c in all_cells if c.key in finished}
+
+
+def _build_once(workdir: Path, done: Path, build: Callable[[], None]) -> None:
+  """`build()` (which writes `done`, its last file, into `workdir`) unless `done` exists. A file
+  lock beside `workdir` lets one process of a sharded sweep build it while the others wait for it."""
+  if done.exists():
+    return
+  workdir.parent.mkdir(parents=True, exist_ok=True)
+  with (workdir.parent / f"{workdir.name}.lock").open("w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      build()
 
 
 def cell_timing(seconds: dict, *, data_seconds: float, compile_seconds: float, cell_seconds: float) -> dict:

@@ -294,6 +294,35 @@ def test_shards_run_one_single_core_process_each_and_one_table(uninterrupted, tm
     assert done.returncode == 2 and message in done.stderr and not (tmp_path / "bad").exists()
 
 
+def _build_counting(workdir: str) -> None:
+  workdir = Path(workdir)
+
+  def build():
+    with (workdir.parent / "builds.txt").open("a") as f:
+      f.write("built\n")
+    time.sleep(0.5)  # the other process arrives while this one builds
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "done.json").write_text("{}")
+
+  sweep._build_once(workdir, workdir / "done.json", build)
+  assert (workdir / "done.json").exists()  # never returns before the shared thing exists
+
+
+def test_shared_builds_happen_once_across_shard_processes(tmp_path):
+  """The feature classifier and the pool generator are shared by every shard: two processes asking
+  at once build it once, and the second waits for it instead of reading a half-written run."""
+  import multiprocessing
+
+  context = multiprocessing.get_context("spawn")
+  workers = [context.Process(target=_build_counting, args=(str(tmp_path / "features" / "d"),)) for _ in range(2)]
+  for worker in workers:
+    worker.start()
+  for worker in workers:
+    worker.join(timeout=120)
+    assert worker.exitcode == 0
+  assert (tmp_path / "features" / "builds.txt").read_text() == "built\n"
+
+
 def test_kill_mid_cell_then_rerun_gives_the_same_table(uninterrupted, tmp_path):
   reference, _, data_dir = uninterrupted
   workdir = tmp_path / "killed"
