@@ -29,15 +29,17 @@ trained on exactly that real subset (never on validation or test) and shared by 
 
 Presets (2-core CPU figures measured with the commands above; see experiments/results/README.md):
 * default - face_mask_detection/2classes at 32 px, 50 images per class, arms none / classic / cvae /
-  classic+cvae, 3 seeds, the small BN CNN. About 2.5 minutes on a 2-core CPU (111 s with a cold
-  compile cache, 97 s warm, before the per-cell quality of the three CVAE sets added about 45 s); prints the table: test balanced accuracy none .864 +- .109, classic
-  .909 +- .057, cvae .796 +- .061, classic+cvae .876 +- .014. Three
+  classic+cvae, 3 seeds, the small BN CNN. About 2 minutes on a 2-core CPU (117 s with a cold
+  compile cache, 97 s warm, per-cell quality of the three CVAE sets included); prints the table: test
+  balanced accuracy none .868 +- .121, classic .912 +- .062, cvae .801 +- .041, classic+cvae .871 +-
+  .007 (AMD EPYC, AVX-512; other CPUs round differently). Three
   seeds at 50 per class cannot separate arms (balanced accuracy moves by ~.03 between seeds there:
   "Facts the design relies on" in experiments/results/README.md); it shows the machinery, `full`
   answers the question.
 * full - n_per_class 25 / 50 / 100 / 250 / all x all six arms x 5 seeds on face_mask_detection/2classes
   and face_mask12k/grouped, each cell also tested on the other datasets' test splits (cross-dataset
-  table). About 1.5-2 hours on a 2-core CPU; runs in the background and resumes when rerun.
+  table). About 1.5-2 hours on a 2-core CPU (`--shards=auto`: one single-core process per core, the
+  fastest CPU mode); runs in the background and resumes when rerun.
 * gpu - the full grid at 64 px with ResNet-18 (small-image stem) and full-width autoencoders,
   10 seeds: for a GPU/TPU job.
 * tiny - 16 px, two seeds, a few steps: for tests.

@@ -38,6 +38,18 @@ stage of a ResNet at 32-64 px (ResNet-18, ImageNet stem, 64 px: 2.7 s of a 2.8 s
 whose input has ``H * W <= SMALL_SPATIAL_MAX`` (no dilation, no groups) as im2col + one matmul,
 and everything else with XLA's convolution. Both give the same result up to float rounding.
 
+Convolutions with few channels (CPU only). XLA:CPU runs a conv with a handful of channels at a few
+GFLOP/s: ``cnn_bn3``'s 3x3 3 -> 4 first conv on 64x64 maps took 16 ms forward at batch 64 on one
+core, a third of the train step. Stride-1 convs with at most ``SHIFT_CONV_MAX_MACS`` multiply-adds
+per output pixel (``kh * kw * C_in * C_out``) therefore run forward as a sum of shifted input
+channels times kernel rows, one fused loop (2 ms), and backward as XLA's convolution VJP on
+``SHIFT_CONV_BACKWARD_CHUNKS`` batch chunks (XLA:CPU runs one small conv on one thread but
+independent ones concurrently). Results equal XLA's up to float rounding.
+
+BatchNorm. ``BatchNorm`` is ``nnx.BatchNorm`` (same arguments and variables) whose training-mode
+statistics come from ``batch_statistics``: each example's pixels folded into rows of at least
+``STATS_LANES`` values, so a 4-channel layer does not reduce 4-wide rows.
+
 Precision
 ---------
 ``compute_dtype(name)``: the activation / matmul dtype of a model ("float32", "bfloat16",
