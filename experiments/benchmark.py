@@ -36,7 +36,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import configs
-from experiments.machine import machine, measured_matmul_gflops
+from experiments.machine import machine, measured_matmul_gflops, write_record
 from vaeaug import cli
 
 CLASSIFIERS = ("cnn96", "cnn_bn3", "cnn_lenet4", "resnet18", "resnet50")
@@ -759,17 +759,7 @@ def main(argv):
   # --json: the document is stdout's last line, whole, so `tail -n 1 | jq` works after any output.
   print(json.dumps(result) if FLAGS.json else table)
   if out_dir:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = FLAGS.name or (
-      datetime.date.today().isoformat()
-      + "_"
-      + re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
-      + f"-{info['cores']}c"
-    )
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(table)
-    print(f"wrote {out / stem}.json and .md", file=sys.stderr)
+    write_record(out_dir, FLAGS.name, "", info, result, table)
 
 
 def run():

@@ -1,13 +1,16 @@
 """What machine a measurement ran on: CPU model, usable cores, SIMD flags, the measured clock and the
-fp32 peak derived from them (`machine()`), and a matmul's achieved GFLOP/s. Shared by
-`vaeaug-benchmark` and `vaeaug-sweep-modes`."""
+fp32 peak derived from them (`machine()`), a matmul's achieved GFLOP/s, and where a measurement's
+record goes (`write_record`). Shared by `vaeaug-benchmark` and `vaeaug-sweep-modes`."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import platform
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,3 +126,14 @@ def measured_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     f(a).block_until_ready()
     times.append(time.perf_counter() - t)
   return 2 * size**3 / min(times) / 1e9
+
+
+def write_record(out_dir: str, name: str | None, prefix: str, info: dict, result: dict, table: str) -> None:
+  """`<out_dir>/<name>.json` and `.md`; the default name is `<prefix><date>_<cpu>-<cores>c`."""
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  cpu = re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
+  stem = name or f"{prefix}{datetime.date.today().isoformat()}_{cpu}-{info['cores']}c"
+  (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+  (out / f"{stem}.md").write_text(table)
+  print(f"wrote {out / stem}.json and .md", file=sys.stderr)

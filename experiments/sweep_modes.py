@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import configs, shards
-from experiments.machine import machine
+from experiments.machine import machine, write_record
 from vaeaug import cli
 
 MODES = ("one_process", "shards", "devices")
@@ -128,18 +127,7 @@ def main(argv):
   print(table)
   out_dir = FLAGS.out_dir if FLAGS.out_dir is not None else str(configs.results_dir("benchmarks"))
   if out_dir:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = FLAGS.name or (
-      "sweep_modes_"
-      + datetime.date.today().isoformat()
-      + "_"
-      + re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
-      + f"-{cores}c"
-    )
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(table)
-    print(f"wrote {out / stem}.json and .md", file=sys.stderr)
+    write_record(out_dir, FLAGS.name, "sweep_modes_", info, result, table)
 
 
 def run():

@@ -190,14 +190,16 @@ def _max_pool_2x2_plain(x: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
-@jax.custom_vjp
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-  return _max_pool_2x2_plain(x)
+def _with_backward(plain: Callable, backward: Callable) -> Callable:
+  """The pool `plain` with the custom backward `backward((x, out), g) -> (dx,)`."""
+  pool = jax.custom_vjp(plain)
 
+  def forward(x):
+    out = plain(x)
+    return out, (x, out)
 
-def _max_pool_2x2_fwd(x):
-  out = _max_pool_2x2_plain(x)
-  return out, (x, out)
+  pool.defvjp(forward, backward)
+  return pool
 
 
 def _max_pool_2x2_bwd(res, g):
@@ -221,7 +223,7 @@ def _max_pool_2x2_bwd(res, g):
   return (dx,)
 
 
-_max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+_max_pool_2x2 = _with_backward(_max_pool_2x2_plain, _max_pool_2x2_bwd)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -264,16 +266,6 @@ def _max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
   return out
 
 
-@jax.custom_vjp
-def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  return _max_pool_3x3_s2_plain(x)
-
-
-def _max_pool_3x3_s2_fwd(x):
-  out = _max_pool_3x3_s2_plain(x)
-  return out, (x, out)
-
-
 def _max_pool_3x3_s2_bwd(res, g):
   # Each window's gradient goes to its first maximum in row-major order (what reduce_window's
   # select_and_scatter picks), scattered back with strided (interior) pads that XLA fuses.
@@ -298,7 +290,7 @@ def _max_pool_3x3_s2_bwd(res, g):
   return (dxp[..., 1 : h + 1, 1 : w + 1, :],)
 
 
-_max_pool_3x3_s2.defvjp(_max_pool_3x3_s2_fwd, _max_pool_3x3_s2_bwd)
+_max_pool_3x3_s2 = _with_backward(_max_pool_3x3_s2_plain, _max_pool_3x3_s2_bwd)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
