@@ -203,13 +203,9 @@ def get_config(preset: str = "default"):
     # Quality has its own tests (tests/test_kinds.py turns it on): the other tiny sweeps skip its classifiers.
     config.quality.enabled = False
     config.quality.cas = False
-    config.pool_generator.channels = (8, 16)
+    for generator in (config.generator, config.pool_generator):
+      generator.update(channels=(8, 16), latent_dim=8, epochs=2, batch_size=16, max_steps=8, kl_warmup_epochs=1.0)
     config.pool_generator.blocks_per_stage = (0, 1)
-    config.pool_generator.latent_dim = 8
-    config.pool_generator.epochs = 2
-    config.pool_generator.batch_size = 16
-    config.pool_generator.max_steps = 8
-    config.pool_generator.kl_warmup_epochs = 1.0
     config.pool_generator.figures = False
     config.image_size = 16
     config.n_per_class = (12,)
@@ -221,12 +217,6 @@ def get_config(preset: str = "default"):
     config.classifier.patience = 3
     config.classifier.batch_size = 16
     config.classifier.max_steps = 12
-    config.generator.channels = (8, 16)
-    config.generator.latent_dim = 8
-    config.generator.epochs = 2
-    config.generator.batch_size = 16
-    config.generator.max_steps = 8
-    config.generator.kl_warmup_epochs = 1.0
   else:
     raise ValueError(f"unknown compare preset {preset!r}; choose default, full, gpu or tiny")
   return config

@@ -316,6 +316,25 @@ def _as_key(rngs: RngsLike, who: str) -> jax.Array:
   raise ValueError(f"rngs must be nnx.Rngs, nnx.RngStream, a jax key or an int, got {type(rngs).__name__}")
 
 
+def _stages(image_size: int, channels: Any) -> tuple[tuple[int, ...], int]:
+  """(channels as a tuple, the total downsampling 2**stages) of an encoder with one stride-2 stage
+  per entry of `channels`; ValueError unless they are positive ints that divide `image_size`."""
+  if (
+    not isinstance(channels, (list, tuple))
+    or not channels
+    or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
+  ):
+    raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+  channels = tuple(channels)
+  factor = 2 ** len(channels)
+  if image_size % factor:
+    raise ValueError(
+      f"image_size={image_size} must be divisible by 2**{len(channels)} = {factor} "
+      f"({len(channels)} stride-2 stages, channels={channels})"
+    )
+  return channels, factor
+
+
 def _positive_int(value: Any, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -345,19 +364,7 @@ class Autoencoder(nnx.Module):
   ):
     image_size = _positive_int(image_size, "image_size")
     latent_dim = _positive_int(latent_dim, "latent_dim")
-    if (
-      not isinstance(channels, (list, tuple))
-      or not channels
-      or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
-    ):
-      raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
-    channels = tuple(channels)
-    factor = 2 ** len(channels)
-    if image_size % factor:
-      raise ValueError(
-        f"image_size={image_size} must be divisible by 2**{len(channels)} = {factor} "
-        f"({len(channels)} stride-2 stages, channels={channels})"
-      )
+    channels, factor = _stages(image_size, channels)
     if upsample not in UPSAMPLE_MODES:
       raise ValueError(f"unknown upsample {upsample!r}; choose one of {UPSAMPLE_MODES}")
     if resize_method not in RESIZE_METHODS:

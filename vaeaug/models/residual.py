@@ -170,19 +170,7 @@ class ResidualVAE(nnx.Module):
   ):
     image_size = autoencoders._positive_int(image_size, "image_size")
     latent_dim = autoencoders._positive_int(latent_dim, "latent_dim")
-    if (
-      not isinstance(channels, (list, tuple))
-      or not channels
-      or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
-    ):
-      raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
-    channels = tuple(channels)
-    factor = 2 ** len(channels)
-    if image_size % factor:
-      raise ValueError(
-        f"image_size={image_size} must be divisible by 2**{len(channels)} = {factor} "
-        f"({len(channels)} stride-2 stages, channels={channels})"
-      )
+    channels, factor = autoencoders._stages(image_size, channels)
     # One count for every stage, or one per encoder stage (mirrored in the decoder): on a CPU, blocks at the
     # full and half resolution cost most of the step, so deep-only blocks train several times faster.
     counts = blocks_per_stage if isinstance(blocks_per_stage, (list, tuple)) else (blocks_per_stage,) * len(channels)
