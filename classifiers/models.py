@@ -83,6 +83,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from classifiers import pretrained
 from vaeaug.models import layers
 
 __all__ = [
@@ -188,6 +189,25 @@ class Classifier(nnx.Module):
 
   def features(self, x: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
     raise NotImplementedError
+
+  # Pretrained weights (`classifiers.pretrained`) and fine-tuning (`classifiers.transfer`).
+  def weight_sources(self) -> dict[str, pretrained.Source]:
+    """Checkpoint namings this model (with its options) can load, by name ("timm", "torchvision");
+    empty when no published checkpoint has its shape."""
+    return {}
+
+  def weight_table(self, source: str) -> list[pretrained.Entry]:
+    """Every variable of the model and the checkpoint tensor it comes from, in ``source``'s names."""
+    raise NotImplementedError(f"{type(self).__name__} has no weight table")
+
+  def weight_overrides(self) -> dict[str, Any]:
+    """The model's values of the options that pretrained sources may require (`Source.overrides`)."""
+    return {"bn_epsilon": self.bn_epsilon} if hasattr(self, "bn_epsilon") else {}
+
+  def block_paths(self) -> list[list[tuple]]:
+    """The backbone's blocks from input to output, each a list of nnx path prefixes that together
+    hold its variables; everything outside ``head``. Fine-tuning unfreezes the last k of them."""
+    raise NotImplementedError(f"{type(self).__name__} does not list its blocks")
 
   def classify(self, features: jax.Array, *, train: bool, rngs: RngsLike = None) -> jax.Array:
     raise NotImplementedError
@@ -369,27 +389,43 @@ class CNN(Classifier):
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_
 
 
-def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype=None) -> layers.Conv:
-  """Bias-free conv with PyTorch-style symmetric padding k // 2 (output = ceil(H / stride))."""
-  pad = k // 2
+def _conv(
+  cin: int,
+  cout: int,
+  k: int | tuple[int, int],
+  stride: int,
+  rngs: nnx.Rngs,
+  dtype=None,
+  *,
+  groups: int = 1,
+  bias: bool = False,
+  padding: Any = None,
+) -> layers.Conv:
+  """Conv with PyTorch-style symmetric padding k // 2 (output = ceil(H / stride)) unless ``padding``
+  is given ("VALID", or per-axis pairs); ``groups=cin`` is a depthwise conv. Bias-free by default
+  (a batch norm follows)."""
+  kh, kw = (k, k) if isinstance(k, int) else k
+  if padding is None:
+    padding = ((kh // 2, kh // 2), (kw // 2, kw // 2))
   return layers.Conv(
     cin,
     cout,
-    (k, k),
+    (kh, kw),
     strides=(stride, stride),
-    padding=((pad, pad), (pad, pad)),
-    use_bias=False,
+    padding=padding,
+    feature_group_count=groups,
+    use_bias=bias,
     kernel_init=_conv_init,
     dtype=dtype,
     rngs=rngs,
   )
 
 
-def _bn(features: int, rngs: nnx.Rngs, zero: bool = False, dtype=None) -> nnx.BatchNorm:
+def _bn(features: int, rngs: nnx.Rngs, zero: bool = False, dtype=None, epsilon: float = BN_EPSILON) -> nnx.BatchNorm:
   return nnx.BatchNorm(
     features,
     momentum=BN_MOMENTUM,
-    epsilon=BN_EPSILON,
+    epsilon=epsilon,
     dtype=dtype,
     rngs=rngs,
     scale_init=nnx.initializers.zeros_init() if zero else nnx.initializers.ones_init(),
@@ -571,6 +607,35 @@ class ResNet(Classifier):
     x = self.dropout(x, deterministic=not train, rngs=rngs)
     return self._logits(x)
 
+  def weight_sources(self) -> dict[str, pretrained.Source]:
+    if self.small_images:
+      return {}  # the 3x3 stem has no ImageNet counterpart
+    names = {
+      (2, 2, 2, 2): "resnet18",
+      (3, 4, 6, 3): "resnet34" if self.block_kind == "basic" else "resnet50",
+    }.get(self.stage_sizes)
+    # timm's ResNets keep torchvision's names (and "resnet18" is the model name in both): one source.
+    return {"torchvision": pretrained.Source("torchvision", models=(names,) if names else ())}
+
+  def weight_table(self, source: str) -> list[pretrained.Entry]:
+    table = pretrained.conv(("stem_conv",), "conv1") + pretrained.bn(("stem_bn",), "bn1")
+    i = 0
+    for stage, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        block, key = ("blocks", i), f"layer{stage + 1}.{j}"
+        for c in range(1, 4 if self.block_kind == "bottleneck" else 3):
+          table += pretrained.conv((*block, f"conv{c}"), f"{key}.conv{c}") + pretrained.bn(
+            (*block, f"bn{c}"), f"{key}.bn{c}"
+          )
+        if self.blocks[i].proj_conv is not None:
+          table += pretrained.conv((*block, "proj_conv"), f"{key}.downsample.0")
+          table += pretrained.bn((*block, "proj_bn"), f"{key}.downsample.1")
+        i += 1
+    return table + pretrained.linear(("head",), "fc", head=True)
+
+  def block_paths(self) -> list[list[tuple]]:
+    return [[("stem_conv",), ("stem_bn",)]] + [[("blocks", i)] for i in range(len(self.blocks))]
+
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="basic")
@@ -622,6 +687,15 @@ MODELS: dict[str, Callable[..., Classifier]] = {
   "resnet34_small": functools.partial(ResNet34, small_images=True),
   "resnet50_small": functools.partial(ResNet50, small_images=True),
 }
+
+
+def register(entries: dict[str, Callable[..., Classifier]], owner: str) -> None:
+  """Add an architecture module's registry entries to ``MODELS`` (`classifiers/__init__.py` calls it for
+  each module: adding an architecture is a module and a line there)."""
+  clash = sorted(set(entries) & set(MODELS))
+  if clash:
+    raise ValueError(f"{owner} redefines models {clash}")
+  MODELS.update(entries)
 
 
 def _parameters(factory: Callable) -> dict[str, inspect.Parameter]:

@@ -21,16 +21,22 @@ import optax
 from flax import nnx
 
 from classifiers import metrics as metrics_lib
-from classifiers import models
+from classifiers import models, pretrained, transfer
 from vaeaug import fileio
 from vaeaug.data import augment, pipeline
 from vaeaug.training import checkpoints, loop, run, sharding
+from vaeaug.training import state as state_lib
 from vaeaug.training.state import TrainState, split_model, step_compiler_options
 
 log = logging.getLogger(__name__)
 
 
-def create_train_state_for(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> TrainState:
+def create_train_state_for(
+  config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int, *, load_pretrained: bool = False
+) -> TrainState:
+  """The model `config` names with its optimizer; `load_pretrained`: with `config.pretrained`'s weights
+  (not needed when a checkpoint of this run is restored next). A frozen backbone (`config.freeze`)
+  gets zero updates through `transfer.optimizer`."""
   model = models.create_model(
     config.model,
     num_classes,
@@ -40,7 +46,17 @@ def create_train_state_for(config: ml_collections.ConfigDict, num_classes: int, 
     dtype=config.get("compute_dtype", "float32"),
     **dict(config.model_overrides),
   )
-  return run.create_train_state(config, model, steps_per_epoch)
+  if load_pretrained and config.get("pretrained"):
+    pretrained.load(model, config.pretrained, source=config.get("pretrained_source", "auto"))
+  tx = run.make_tx(config, steps_per_epoch)
+  freeze = config.get("freeze", "none")
+  if freeze != "none":
+    scaled = config.learning_rate * config.backbone_learning_rate_scale
+    backbone_tx = run.make_tx(config, steps_per_epoch, learning_rate=scaled)
+    tx = transfer.optimizer(
+      model, nnx.state(model, nnx.Param), tx, backbone_tx, freeze=freeze, unfreeze_blocks=config.unfreeze_blocks
+    )
+  return state_lib.create_train_state(model, tx)
 
 
 def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -91,15 +107,26 @@ def train_step(
   weights,
   normalization: str,
   augment_config,
+  backbone: str = "train",
 ):
-  """One optimisation step. Randomness (dropout, augmentation) comes from (base_key, step)."""
+  """One optimisation step. Randomness (dropout, augmentation) comes from (base_key, step).
+  `backbone` (`transfer.backbone_mode`): "train"; "inference": the backbone runs as in evaluation
+  (a pretrained backbone keeps its batch-norm statistics) and the rest in training mode; "frozen":
+  inference, and no gradient is computed through the backbone at all."""
   step_key = jax.random.fold_in(base_key, state.step)
   augment_key, dropout_key = jax.random.split(step_key)
   images = _prepare_images(batch["image"], normalization, augment_config, augment_key)
   model = state.model()
 
   def loss_fn(model):
-    logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+    rngs = nnx.Rngs(dropout=dropout_key)
+    if backbone != "train":
+      features = model.features(images, train=False)
+      if backbone == "frozen":  # the backward pass stops at the head: a third of the step's work
+        features = jax.lax.stop_gradient(features)
+      logits = model.classify(features, train=True, rngs=rngs)
+    else:
+      logits = model(images, train=True, rngs=rngs)
     losses, probabilities = loss_and_probabilities(
       logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing, weights=weights
     )
@@ -153,7 +180,13 @@ Data = run.Data
 # compiled executables instead of tracing and fetching them again (about 0.3 s per warm cell).
 @functools.lru_cache(maxsize=64)
 def jitted_train_step(
-  num_classes: int, label_smoothing: float, weights: tuple, normalization: str, augment_config, options: tuple
+  num_classes: int,
+  label_smoothing: float,
+  weights: tuple,
+  normalization: str,
+  augment_config,
+  options: tuple,
+  backbone: str = "train",
 ):
   return jax.jit(
     functools.partial(
@@ -163,6 +196,7 @@ def jitted_train_step(
       weights=np.asarray(weights, np.float32),
       normalization=normalization,
       augment_config=augment_config,
+      backbone=backbone,
     ),
     donate_argnums=0,
     compiler_options=dict(options),
@@ -195,11 +229,12 @@ def train_and_evaluate(
   """
   workdir = Path(workdir)
   start = time.perf_counter()
+  config = transfer.resolve(config)  # the checkpoint's input size, normalisation and model options
   data = data or load_data(config)
   num_classes = len(data.class_names)
   setup = run.setup(config, workdir, data, overwrite=overwrite)
   mesh = setup.mesh
-  state = create_train_state_for(config, num_classes, setup.steps_per_epoch)
+  state = create_train_state_for(config, num_classes, setup.steps_per_epoch, load_pretrained=True)
   weights = class_weights(config.class_weights, data.train.labels, num_classes)
   augment_config = (
     augment.PRESETS[config.augment]
@@ -215,6 +250,7 @@ def train_and_evaluate(
     config.normalization,
     augment_config,
     options,
+    transfer.backbone_mode(config),
   )
   predict_fn = jitted_eval_step(config.normalization, options)
 
@@ -269,6 +305,15 @@ def train_and_evaluate(
     "seconds": round(time.perf_counter() - start, 1),
     "timing": result.timing,  # the training loop's seconds by phase
   }
+  if config.get("pretrained"):
+    model = result.state.model()
+    summary["pretrained"] = {
+      "path": config.pretrained,
+      "source": config.pretrained_source,
+      "freeze": config.freeze,
+      "unfreeze_blocks": config.unfreeze_blocks,
+      "parameters": transfer.trainable_count(model, config.freeze, config.unfreeze_blocks),
+    }
   if jax.process_index() == 0 and not score_test:
     fileio.atomic_write_text(
       workdir / "validation_metrics.json", json.dumps(summary, indent=1, default=_json_default) + "\n"

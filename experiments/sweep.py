@@ -87,7 +87,17 @@ def cells_of(config) -> list[Cell]:
   ]
 
 
-_NEUTRAL_FIELDS = {"compute_dtype": "float32", "free_bits": 0.0, "pool_validation_fraction": 0.05}
+_NEUTRAL_FIELDS = {
+  "compute_dtype": "float32",
+  "free_bits": 0.0,
+  "pool_validation_fraction": 0.05,
+  # transfer learning (classifiers.transfer): off
+  "pretrained": None,
+  "pretrained_source": "auto",
+  "freeze": "none",
+  "unfreeze_blocks": 0,
+  "backbone_learning_rate_scale": 0.1,
+}
 # Fields added with the pool, counterfactual and noise+blur arms, which no recorded cell used: at these
 # values they are left out of the hash (a changed value, or changed defaults, give a new hash).
 _NEUTRAL_SYNTHESIS = {"blur_sigma": 1.0, "strength": 1.0}
@@ -147,7 +157,7 @@ def recipe_of(config_dict: dict) -> dict:
     # Fields added after results were recorded: at these values they reproduce the earlier behaviour,
     # so they stay out of the hash and recorded cells remain valid.
     for key, value in _NEUTRAL_FIELDS.items():
-      if recipe[sub].get(key) == value:
+      if key in recipe[sub] and recipe[sub][key] == value:
         recipe[sub].pop(key)
     for key, value in _NESTED_BEFORE_SHARING.items():
       if recipe[sub].get(key) == config_dict.get(key):

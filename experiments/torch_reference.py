@@ -152,13 +152,74 @@ class ResNet(nn.Module):
 
 
 def classifier(jax_model) -> nn.Module:
-  """The PyTorch twin of a `classifiers.models` CNN or ResNet."""
+  """The PyTorch twin of a `classifiers.models` model: built here for the CNN and the ResNets,
+  timm's model of the same architecture (`jax_model.torch_twin()`) for the others."""
   kind = type(jax_model).__name__
   if kind == "CNN":
     return CNN(jax_model)
   if kind == "ResNet":
     return ResNet(jax_model)
+  if hasattr(jax_model, "torch_twin"):
+    name, kwargs = jax_model.torch_twin()
+    module = timm_model(name, num_classes=jax_model.num_logits, **kwargs)
+    return small_stem(module) if getattr(jax_model, "small_images", False) else module
   raise NotImplementedError(f"no PyTorch twin for {kind}")
+
+
+def small_stem(module: nn.Module) -> nn.Module:
+  """A timm MobileNet / EfficientNet / Inception-v3 with the projects' small-image stem (`small_images=True`):
+  the first conv at stride 1 and, for Inception, no first max-pool. The parameters are unchanged."""
+  if hasattr(module, "conv_stem"):  # MobileNetV2 / V3, EfficientNet
+    module.conv_stem.stride = (1, 1)
+  elif hasattr(module, "Conv2d_1a_3x3") and hasattr(module, "Pool1"):  # Inception-v3
+    module.Conv2d_1a_3x3.conv.stride = (1, 1)
+    module.Pool1 = nn.Identity()
+  else:
+    raise NotImplementedError(f"no small-image stem for {type(module).__name__}")
+  return module
+
+
+def _import_torchvision():
+  """Import torchvision when its compiled operators cannot load.
+
+  PyPI's torchvision wheels link against the CUDA build of libtorch; beside the CPU build of torch
+  their operator library fails to load, and torchvision 0.28 then stops at import, registering
+  shapes for two detection operators (nms, qnms) that were never defined. Defining those two
+  schemas lets the pure-Python models import; no torchvision operator is used by them."""
+  try:
+    import torchvision  # noqa: F401
+  except RuntimeError as error:
+    if "torchvision::" not in str(error):
+      raise
+    import sys
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+    library = torch.library.Library("torchvision", "FRAGMENT")
+    for op in ("nms", "qnms"):
+      if not torch._C._dispatch_has_kernel(f"torchvision::{op}"):
+        try:
+          library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        except RuntimeError:
+          pass  # defined by an earlier attempt
+    _import_torchvision.library = library  # keep the definitions alive
+    import torchvision  # noqa: F401, F811
+
+
+def timm_model(name: str, **kwargs) -> nn.Module:
+  """timm's `name`, randomly initialised (`pretrained=False`: nothing is downloaded)."""
+  _import_torchvision()
+  import timm
+
+  return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def torchvision_model(name: str, **kwargs) -> nn.Module:
+  """torchvision's `name`, randomly initialised (`weights=None`: nothing is downloaded)."""
+  _import_torchvision()
+  import torchvision.models
+
+  return getattr(torchvision.models, name)(weights=None, **kwargs)
 
 
 def classifier_step(model, optimizer, images, labels):

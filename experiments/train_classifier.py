@@ -16,7 +16,7 @@ import sys
 import jax
 from absl import flags, logging
 
-from classifiers import train
+from classifiers import pretrained, train, transfer
 from experiments import configs, validation
 from vaeaug import cli
 from vaeaug.training import run as run_lib
@@ -36,7 +36,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   config = _CONFIG.value
   try:  # the whole config, before the workdir is made
+    config = transfer.resolve(config)  # a pretrained checkpoint's input size, normalisation, options
     validation.validate_classifier_config(config)
+  except pretrained.PretrainedError as error:
+    print(f"error: config.pretrained: {error}", file=sys.stderr)
+    sys.exit(2)
   except validation.ConfigError as error:
     print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
     sys.exit(2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 
 from classifiers import models as classifier_models
+from classifiers import transfer
 from experiments import arms as arms_lib
 from experiments import sweep as sweep_lib
 from experiments.configs import compare as compare_configs
@@ -166,9 +167,50 @@ def _classifier_problems(config, check: _Checker) -> list[str]:
     config, "model", classifier_models.MODELS, "a model", key=lambda name: name.lower().replace("-", "_")
   )
   problems += check.choice(config, "head", classifier_models.HEADS, "a head")
+  problems += check.choice(config, "freeze", transfer.FREEZE_MODES, "a freeze mode")
+  problems += check.nonnegative(config, "unfreeze_blocks", "an integer >= 0")
+  problems += check.nonnegative(config, "backbone_learning_rate_scale")
+  if check.wanted(config, "freeze") and config.freeze in transfer.FREEZE_MODES[1:] and not config.get("pretrained"):
+    problems.append(f"{check.path('freeze')}: {config.freeze!r} freezes a pretrained backbone; set config.pretrained")
   if check.wanted(config, "augment") and isinstance(config.augment, str):  # a dict is an AugmentConfig
     problems += check.choice(config, "augment", augment.PRESETS, "an augment preset")
+  if not problems and check.wanted(config, "model"):
+    problems += _model_problems(config, check)
   return problems
+
+
+def _model_problems(config, check: _Checker) -> list[str]:
+  """The model built with its options (abstractly: no parameter is initialised) and run on one image of
+  `image_size` (traced, not computed): catches bad options, and a map that collapses before the head
+  (e.g. Inception's ImageNet stem at 32 px) before any data is read."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  size = config.get("image_size")
+  if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    return []  # reported by _common_problems
+  try:
+    model = nnx.eval_shape(
+      lambda: classifier_models.create_model(
+        config.model,
+        2,
+        rngs=nnx.Rngs(0),
+        head=config.get("head", "auto"),
+        image_size=size,
+        **dict(config.get("model_overrides", {})),
+      )
+    )
+    graphdef, variables = nnx.split(model)
+    jax.eval_shape(
+      lambda v, x: nnx.merge(graphdef, v)(x, train=False),
+      variables,
+      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+    )
+  except (ValueError, TypeError) as error:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return [f"{check.path('model')}: {config.model!r} at image_size {size}: {first}"]
+  return []
 
 
 def _generator_problems(config, check: _Checker) -> list[str]:

@@ -39,6 +39,7 @@ COMMANDS = {
   "vaeaug-summarize": ("metrics",),
   "vaeaug-benchmark": ("models", "out_dir", "notes", "cells"),
   "vaeaug-sweep-modes": ("modes", "preset", "num_seeds", "out_dir"),
+  "vaeaug-random-checkpoint": ("model", "library", "out", "seed"),
 }
 # scripts/*.py -> the console script it wraps.
 SCRIPTS = {
@@ -47,6 +48,7 @@ SCRIPTS = {
   "summarize_runs.py": "vaeaug-summarize",
   "benchmark.py": "vaeaug-benchmark",
   "sweep_modes.py": "vaeaug-sweep-modes",
+  "random_checkpoint.py": "vaeaug-random-checkpoint",
 }
 
 
@@ -141,7 +143,7 @@ def test_config_flag_takes_names_paths_and_overrides(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
   "value, message",
   [
-    ("nope", r"'nope' is neither a config file .* config name \(classifier, compare, default, generator;"),
+    ("nope", r"'nope' is neither a config file .* config name \(classifier, compare, default, generator, transfer;"),
     ("compare:bogus", r"unknown compare preset 'bogus'; choose default, full, gpu or tiny"),
   ],
 )
@@ -171,7 +173,7 @@ def test_unknown_config_name_is_one_line_without_traceback(tmp_path):
   assert out.returncode == 2 and "Traceback" not in out.stderr
   (line,) = out.stderr.strip().splitlines()
   assert line.startswith("error: flag --config=nope: 'nope' is neither a config file")
-  assert "classifier, compare, default, generator" in line
+  assert "classifier, compare, default, generator, transfer" in line
 
 
 @pytest.mark.parametrize("shard", ["abc", "3/2", "0/2", "1/0"])

@@ -364,6 +364,52 @@ def test_shift_conv_only_for_few_multiply_adds_at_stride_1_in_float32():
   assert "conv_general_dilated" in path((3, 3, 3, 4), dtype=jnp.bfloat16)
 
 
+DEPTHWISE_CASES = [
+  # n, h, w, channels, k, stride, padding
+  (8, 9, 7, 6, 3, 1, "SAME"),  # 8 images: the kernel gradient is summed over 2 chunks
+  (8, 10, 10, 5, 3, 2, ((1, 1), (1, 1))),  # MobileNet's stride-2 3x3, PyTorch padding
+  (6, 11, 11, 4, 5, 2, "SAME"),  # EfficientNet's 5x5 at stride 2; 6 images: no chunks
+  (4, 8, 8, 3, 3, 1, "VALID"),
+  (3, 7, 6, 2, 3, 2, ((1, 1), (0, 2))),  # uneven padding, odd sizes
+]
+
+
+def depthwise(conv, x, kernel, stride, padding):
+  dn = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  return conv(x, kernel, (stride, stride), padding, dimension_numbers=dn, feature_group_count=x.shape[-1])
+
+
+@pytest.mark.parametrize("n, h, w, c, k, stride, padding", DEPTHWISE_CASES)
+def test_depthwise_conv_matches_lax(n, h, w, c, k, stride, padding):
+  x, kernel = normal(h + c, (n, h, w, c)), normal(k + stride, (k, k, 1, c))
+  pad = padding if isinstance(padding, str) else tuple(padding)
+  ours = functools.partial(depthwise, layers.conv_general_dilated)
+  ref = functools.partial(depthwise, jax.lax.conv_general_dilated)
+  jaxpr = jax.make_jaxpr(lambda a, b: ours(a, b, stride, pad))(x, kernel)
+  assert {str(e.primitive) for e in jaxpr.jaxpr.eqns} == {"custom_vjp_call"}
+  wt = normal(3, ref(x, kernel, stride, pad).shape)
+  g_ref = jax.grad(lambda a, b: jnp.sum(ref(a, b, stride, pad) * wt), argnums=(0, 1))(x, kernel)
+  g_ours = jax.grad(lambda a, b: jnp.sum(ours(a, b, stride, pad) * wt), argnums=(0, 1))(x, kernel)
+  np.testing.assert_allclose(ours(x, kernel, stride, pad), ref(x, kernel, stride, pad), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(g_ours[0], g_ref[0], rtol=1e-5, atol=1e-5)  # input gradient
+  np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=1e-4)  # kernel gradient, chunk sums
+
+
+def test_depthwise_path_only_for_one_filter_per_channel_in_float32():
+  def primitives(kernel_shape, groups, dtype=jnp.float32):
+    x = jnp.zeros((2, 8, 8, 4), dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+    fn = lambda x: layers.conv_general_dilated(  # noqa: E731
+      x, jnp.zeros(kernel_shape, dtype), (1, 1), "SAME", dimension_numbers=dn, feature_group_count=groups
+    )
+    return {str(e.primitive) for e in jax.make_jaxpr(fn)(x).jaxpr.eqns}
+
+  assert "custom_vjp_call" in primitives((3, 3, 1, 4), 4) and "conv_general_dilated" not in primitives((3, 3, 1, 4), 4)
+  assert "conv_general_dilated" in primitives((3, 3, 1, 8), 4)  # channel multiplier 2
+  assert "conv_general_dilated" in primitives((3, 3, 2, 4), 2)  # grouped, not depthwise
+  assert "conv_general_dilated" in primitives((3, 3, 1, 4), 4, jnp.bfloat16)
+
+
 @pytest.mark.parametrize("shape", [(4, 5, 7, 3), (2, 8, 8, 4), (3, 4, 4, 24), (6, 5), (2, 3, 3, 3, 2)])
 def test_batch_norm_matches_nnx(shape):
   """layers.BatchNorm (folded statistics) against nnx.BatchNorm: outputs, gradients of input,

@@ -208,3 +208,27 @@ def test_standalone_trainer_configs(detection_built):
     "config.model: 'gan' is not a generator kind; choose from cvae, dae, rcvae, rvae, vae",
     "config.upsample: 'nearest' is not an upsample mode; choose from resize, subpixel, transpose",
   ]
+
+
+@pytest.mark.parametrize(
+  "overrides, expected",
+  [
+    (
+      {"model": "cnn_lenet4", "image_size": 8},
+      "config.model: 'cnn_lenet4' at image_size 8: image_size=8 is too small for these conv blocks",
+    ),
+    (
+      {"model": "resnet18", "model_overrides": {"width": 2}},
+      "config.model: 'resnet18' at image_size 64: unknown option(s) ['width']",
+    ),
+    ({"freeze": "backbone"}, "config.freeze: 'backbone' freezes a pretrained backbone; set config.pretrained"),
+    ({"freeze": "top"}, "config.freeze: 'top' is not a freeze mode; choose from backbone, none"),
+  ],
+)
+def test_classifier_model_problems_before_any_work(detection_built, overrides, expected):
+  """The model is built (abstractly) and traced at the config's image size during validation."""
+  config = classifier_configs.get_config()
+  config.data_dir = detection_built
+  config.update(overrides)
+  problems = problems_of(validation.validate_classifier_config, config)
+  assert len(problems) == 1 and problems[0].startswith(expected), problems

@@ -36,6 +36,14 @@ def get_config():
   config.min_delta = 0.0
   config.threshold_metric = "balanced_accuracy"
 
+  # Transfer learning (classifiers.transfer; experiments/configs/transfer.py): start from an ImageNet
+  # checkpoint of the same architecture, a timm / Hugging Face .safetensors or a torchvision .pth.
+  config.pretrained = ml_collections.config_dict.placeholder(str)
+  config.pretrained_source = "auto"  # the checkpoint's naming: auto, timm, torchvision
+  config.freeze = "none"  # none: all trains; backbone: frozen backbone (BN in inference mode), new head
+  config.unfreeze_blocks = 0  # with freeze=backbone: the last k backbone blocks train too ...
+  config.backbone_learning_rate_scale = 0.1  # ... at learning_rate times this
+
   config.figures = True
   config.gradcam_images = 8
   return config

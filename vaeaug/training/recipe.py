@@ -34,7 +34,15 @@ EXECUTION_ONLY = frozenset(
 PROVENANCE_KEY = "provenance"
 # Fields added after runs were recorded, at the value that reproduces the earlier behaviour: a
 # recorded config without one of them equals a new one holding this value.
-NEUTRAL = {"compute_dtype": "float32", "data_seed": None}
+NEUTRAL = {
+  "compute_dtype": "float32",
+  "data_seed": None,
+  "pretrained": None,
+  "pretrained_source": "auto",
+  "freeze": "none",
+  "unfreeze_blocks": 0,
+  "backbone_learning_rate_scale": 0.1,
+}
 _ABSENT = object()
 
 

@@ -165,11 +165,12 @@ def setup(config, workdir: str | os.PathLike, data: Data, *, overwrite: bool = F
   return plan(config, len(data.train))
 
 
-def make_tx(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimizer `config` names, on its learning-rate schedule over `config.epochs` epochs."""
+def make_tx(config, steps_per_epoch: int, learning_rate: float | None = None) -> optax.GradientTransformation:
+  """The optimizer `config` names, on its learning-rate schedule over `config.epochs` epochs (peak
+  `learning_rate`, default `config.learning_rate`)."""
   schedule = state_lib.make_schedule(
     config.schedule,
-    config.learning_rate,
+    config.learning_rate if learning_rate is None else learning_rate,
     steps_per_epoch * config.epochs,
     warmup_steps=round(config.warmup_epochs * steps_per_epoch),
   )
