@@ -31,13 +31,9 @@ from vaeaug.training.state import TrainState, split_model, step_compiler_options
 log = logging.getLogger(__name__)
 
 
-def create_train_state_for(
-  config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int, *, load_pretrained: bool = False
-) -> TrainState:
-  """The model `config` names with its optimizer; `load_pretrained`: with `config.pretrained`'s weights
-  (not needed when a checkpoint of this run is restored next). A frozen backbone (`config.freeze`)
-  gets zero updates through `transfer.optimizer`."""
-  model = models.create_model(
+def create_model_for(config: ml_collections.ConfigDict, num_classes: int) -> models.Classifier:
+  """The model `config` names, initialised from `config.seed` (no pretrained weights)."""
+  return models.create_model(
     config.model,
     num_classes,
     rngs=nnx.Rngs(params=config.seed),
@@ -46,8 +42,14 @@ def create_train_state_for(
     dtype=config.get("compute_dtype", "float32"),
     **dict(config.model_overrides),
   )
-  if load_pretrained and config.get("pretrained"):
-    pretrained.load(model, config.pretrained, source=config.get("pretrained_source", "auto"))
+
+
+def create_train_state_for(
+  config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int, *, model: models.Classifier | None = None
+) -> TrainState:
+  """`model` (default: `create_model_for`) with `config`'s optimizer. A frozen backbone
+  (`config.freeze`) gets zero updates through `transfer.optimizer`."""
+  model = create_model_for(config, num_classes) if model is None else model
   tx = run.make_tx(config, steps_per_epoch)
   freeze = config.get("freeze", "none")
   if freeze != "none":
@@ -234,7 +236,13 @@ def train_and_evaluate(
   num_classes = len(data.class_names)
   setup = run.setup(config, workdir, data, overwrite=overwrite)
   mesh = setup.mesh
-  state = create_train_state_for(config, num_classes, setup.steps_per_epoch, load_pretrained=True)
+  model = create_model_for(config, num_classes)
+  report = None
+  if config.get("pretrained"):  # (a resumed run's checkpoint then replaces these weights)
+    report = pretrained.load(model, config.pretrained, source=config.pretrained_source)
+    if jax.process_index() == 0 and config.progress:
+      print(f"pretrained: {report.summary()}", flush=True)
+  state = create_train_state_for(config, num_classes, setup.steps_per_epoch, model=model)
   weights = class_weights(config.class_weights, data.train.labels, num_classes)
   augment_config = (
     augment.PRESETS[config.augment]
@@ -313,6 +321,7 @@ def train_and_evaluate(
       "freeze": config.freeze,
       "unfreeze_blocks": config.unfreeze_blocks,
       "parameters": transfer.trainable_count(model, config.freeze, config.unfreeze_blocks),
+      "report": report.to_dict(),
     }
   if jax.process_index() == 0 and not score_test:
     fileio.atomic_write_text(

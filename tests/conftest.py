@@ -14,7 +14,9 @@ remain allowed then (`ALLOWED_SKIPS`).
 from __future__ import annotations
 
 import collections
+import functools
 import io
+import math
 import os
 import shutil
 import xml.etree.ElementTree as ET
@@ -181,6 +183,59 @@ def class_counts(rows: Sequence[dict], class_names: Sequence[str]) -> dict[str, 
   for row in rows:
     counts[row["split"]][class_names[int(row["label"])]] += 1
   return {s: {name: c.get(name, 0) for name in class_names} for s, c in counts.items()}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _hashable(overrides: dict):
+  try:
+    key = tuple(sorted(overrides.items()))
+    hash(key)
+    return key
+  except TypeError:
+    return None
+
+
+@functools.cache
+def _abstract(name, num_classes, head, overrides):
+  return _eval_shape(name, num_classes, head, dict(overrides))
+
+
+def _eval_shape(name, num_classes, head, overrides):
+  from flax import nnx  # imported by the model tests only
+
+  from classifiers.models import create_model
+
+  return nnx.eval_shape(lambda: create_model(name, num_classes, head=head, rngs=nnx.Rngs(0), **overrides))
+
+
+def abstract_model(name: str, num_classes: int = 2, head: str = "auto", **overrides):
+  """The classifier with abstract (ShapeDtypeStruct) parameters: shapes, counts and tables without
+  compute; one per configuration (tracing a large model's constructor takes seconds)."""
+  key = _hashable(overrides)
+  return _eval_shape(name, num_classes, head, overrides) if key is None else _abstract(name, num_classes, head, key)
+
+
+def numpy_model(name: str, num_classes: int = 2, *, seed: int = 0, head: str = "auto", **overrides):
+  """The classifier with parameters filled from numpy instead of jax.random (whose eager calls
+  compile once per shape: slow in tests): kernels ~ N(0, 2 / fan_in), biases 0, BatchNorm scale 1 /
+  bias 0 / mean 0 / var 1."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  graphdef, state = nnx.split(abstract_model(name, num_classes, head, **overrides))
+  rng = np.random.default_rng(seed)
+  filled = []
+  for path, var in nnx.to_flat_state(state):
+    if path[-1] == "kernel":
+      value = rng.standard_normal(var.shape, dtype=np.float32) * np.sqrt(2.0 / math.prod(var.shape[:-1]))
+    elif path[-1] in ("scale", "var"):
+      value = np.ones(var.shape, np.float32)
+    else:
+      value = np.zeros(var.shape, np.float32)
+    filled.append((path, var.replace(jnp.asarray(value))))
+  return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -9,7 +9,6 @@ where only shapes or counts matter, "rbg" dropout keys, and few jitted programs.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -17,40 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 # classifiers.models first (it imports and registers classifiers.inception at its end)
-from classifiers import models, pretrained
+from conftest import abstract_model as abstract
+from conftest import numpy_model as build
+from flax import nnx
+
+from classifiers import pretrained
 from classifiers.inception import avg_pool_3x3_s1, max_pool_3x3_s2_valid
 from experiments import torch_reference
-
-
-def build(name: str, num_classes: int = 2, **overrides):
-  """``create_model`` with numpy-filled parameters: kernels ~ N(0, 2 / fan_in), BatchNorm identity."""
-  abstract_model = abstract(name, num_classes, **overrides)
-  graphdef, state = nnx.split(abstract_model)
-  rng = np.random.default_rng(0)
-  filled = []
-  for path, var in nnx.to_flat_state(state):
-    if path[-1] == "kernel":
-      value = rng.standard_normal(var.shape, dtype=np.float32) * np.sqrt(2.0 / math.prod(var.shape[:-1]))
-    elif path[-1] in ("scale", "var"):
-      value = np.ones(var.shape, np.float32)
-    else:
-      value = np.zeros(var.shape, np.float32)
-    filled.append((path, var.replace(jnp.asarray(value))))
-  return nnx.merge(graphdef, nnx.from_flat_state(filled))
-
-
-def abstract(name: str, num_classes: int = 2, head: str = "auto", **overrides):
-  """The model with abstract parameters (shapes, counts, tables), one per configuration: tracing the
-  constructor takes seconds, and eval-mode shape evaluation does not change the model."""
-  return _abstract(name, num_classes, head, tuple(sorted(overrides.items())))
-
-
-@functools.cache
-def _abstract(name, num_classes, head, overrides):
-  return nnx.eval_shape(lambda: models.create_model(name, num_classes, head=head, rngs=nnx.Rngs(0), **dict(overrides)))
 
 
 def images(n: int, size: int, seed: int = 0) -> jax.Array:

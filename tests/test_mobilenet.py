@@ -18,38 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import abstract_model as abstract
+from conftest import numpy_model as build
 from flax import nnx
 
 from classifiers import models, pretrained
 from classifiers.mobilenet import MODELS, BlockSpec, InvertedResidual
 
 NAMES = sorted(MODELS)
-
-
-def abstract(name: str, num_classes: int = 2, head: str = "auto", **overrides):
-  """The model with abstract parameters, one per configuration (tracing a constructor takes ~1 s)."""
-  return _abstract(name, num_classes, head, tuple(sorted(overrides.items())))
-
-
-@functools.cache
-def _abstract(name, num_classes, head, overrides):
-  return nnx.eval_shape(lambda: models.create_model(name, num_classes, head=head, rngs=nnx.Rngs(0), **dict(overrides)))
-
-
-def build(name: str, num_classes: int = 2, **overrides):
-  """``create_model`` with numpy-filled parameters: kernels ~ N(0, 2 / fan_in), BatchNorm identity."""
-  graphdef, state = nnx.split(abstract(name, num_classes, **overrides))
-  rng = np.random.default_rng(0)
-  filled = []
-  for path, var in nnx.to_flat_state(state):
-    if path[-1] == "kernel":
-      value = rng.standard_normal(var.shape, dtype=np.float32) * np.sqrt(2.0 / math.prod(var.shape[:-1]))
-    elif path[-1] in ("scale", "var"):
-      value = np.ones(var.shape, np.float32)
-    else:
-      value = np.zeros(var.shape, np.float32)
-    filled.append((path, var.replace(jnp.asarray(value))))
-  return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
 def images(n: int, size: int, seed: int = 0, channels: int = 3) -> jax.Array:

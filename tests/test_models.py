@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import abstract_model as abstract
+from conftest import numpy_model as build
 from flax import nnx
 
 from classifiers import models
@@ -64,30 +66,6 @@ def drop(seed: int) -> nnx.Rngs:
   jax_threefry_partitionable=True) cost ~1-3 s of XLA compile per mask shape on this CPU; rbg
   ~0.2 s. The models do not care which key implementation they are given."""
   return nnx.Rngs(dropout=jax.random.key(seed, impl="rbg"))
-
-
-def build(name: str, num_classes: int = 2, *, seed: int = 0, head: str = "auto", **overrides):
-  """``create_model`` with parameters filled from numpy instead of jax.random (see module doc):
-  kernels ~ N(0, 2 / fan_in), biases 0, BatchNorm scale 1 / bias 0 / mean 0 / var 1."""
-  abstract = nnx.eval_shape(lambda: create_model(name, num_classes, head=head, rngs=nnx.Rngs(0), **overrides))
-  graphdef, state = nnx.split(abstract)
-  rng = np.random.default_rng(seed)
-  filled = []
-  for path, var in nnx.to_flat_state(state):
-    shape = var.shape
-    if path[-1] == "kernel":
-      value = rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / math.prod(shape[:-1]))
-    elif path[-1] in ("scale", "var"):
-      value = np.ones(shape, np.float32)
-    else:
-      value = np.zeros(shape, np.float32)
-    filled.append((path, var.replace(jnp.asarray(value))))
-  return nnx.merge(graphdef, nnx.from_flat_state(filled))
-
-
-def abstract(name: str, num_classes: int = 2, **overrides):
-  """The model with abstract (ShapeDtypeStruct) parameters: shapes and counts, no compute."""
-  return nnx.eval_shape(lambda: create_model(name, num_classes, rngs=nnx.Rngs(0), **overrides))
 
 
 def params_of(model) -> list[np.ndarray]:

@@ -52,7 +52,9 @@ def _flat(tree) -> dict:
 
 def _one_step(config, steps=1):
   config = transfer.resolve(config)
-  state = train.create_train_state_for(config, 2, steps_per_epoch=10, load_pretrained=True)
+  model = train.create_model_for(config, 2)
+  pretrained.load(model, config.pretrained)
+  state = train.create_train_state_for(config, 2, steps_per_epoch=10, model=model)
   step = jax.jit(
     functools.partial(
       train.train_step,
@@ -169,7 +171,8 @@ def test_train_and_evaluate_from_a_checkpoint_then_restore(resnet18_checkpoint, 
   config = _config(resnet18_checkpoint, epochs=2, progress=False, figures=False)
   data = train.Data(train=_random_split(32, 32, 0), validation=_random_split(16, 32, 1), test=_random_split(16, 32, 2))
   summary = train.train_and_evaluate(config, tmp_path, data)
-  assert summary["pretrained"]["source"] == "torchvision"
+  assert summary["pretrained"]["source"] == "torchvision" == summary["pretrained"]["report"]["source"]
+  assert summary["pretrained"]["report"]["unexpected"] == []
   counts = summary["pretrained"]["parameters"]
   assert counts["head"] == 513 and counts["backbone"] == 0 and counts["frozen"] > 10_000_000
   saved = json.loads((tmp_path / "config.json").read_text())

@@ -9,41 +9,21 @@ the "fc" head is checked abstractly (``nnx.eval_shape``, PyTorch's meta device) 
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import abstract_model as abstract
+from conftest import numpy_model as build
 from flax import nnx
 
 from classifiers import models, pretrained, vgg
-from classifiers.models import count_params, create_model
+from classifiers.models import count_params
 from experiments import torch_reference
 
 AVG = {"classifier": "avg"}
 VGG11 = (1, 1, 2, 2, 2)
-
-
-def abstract(name: str, num_classes: int = 2, **overrides):
-  return nnx.eval_shape(lambda: create_model(name, num_classes, rngs=nnx.Rngs(0), **overrides))
-
-
-def build(name: str, num_classes: int = 2, *, seed: int = 0, head: str = "auto", **overrides):
-  """``create_model`` with parameters from numpy: kernels ~ N(0, 2 / fan_in), biases 0, BN identity."""
-  graphdef, state = nnx.split(abstract(name, num_classes, head=head, **overrides))
-  rng = np.random.default_rng(seed)
-  filled = []
-  for path, var in nnx.to_flat_state(state):
-    if path[-1] == "kernel":
-      value = rng.standard_normal(var.shape, dtype=np.float32) * np.sqrt(2.0 / math.prod(var.shape[:-1]))
-    elif path[-1] in ("scale", "var"):
-      value = np.ones(var.shape, np.float32)
-    else:
-      value = np.zeros(var.shape, np.float32)
-    filled.append((path, var.replace(jnp.asarray(value))))
-  return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
 def images(n: int = 2, size: int = 32, seed: int = 0, channels: int = 3) -> jax.Array:
