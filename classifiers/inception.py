@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax import lax
 
 from classifiers import models, pretrained
 from vaeaug.models import layers
@@ -48,58 +47,10 @@ def avg_pool_3x3_s1(x: jax.Array) -> jax.Array:
   return (rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]) / 9
 
 
-def _windows_valid(x: jax.Array) -> list[jax.Array]:
-  """The nine (N, ho, wo, C) strided slices of 3x3 / 2 VALID windows, row-major window order."""
-  ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-  return [x[:, di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :] for di in range(3) for dj in range(3)]
-
-
-@jax.custom_vjp
-def _max_pool_valid(x: jax.Array) -> jax.Array:
-  return functools.reduce(jnp.maximum, _windows_valid(x))
-
-
-def _max_pool_valid_fwd(x):
-  out = _max_pool_valid(x)
-  return out, (x, out)
-
-
-def _max_pool_valid_bwd(res, g):
-  # Each window's gradient goes to its first maximum in row-major order (reduce_window's and
-  # PyTorch's choice), scattered back with interior (strided) pads that XLA fuses.
-  x, out = res
-  h, w = x.shape[1], x.shape[2]
-  ho, wo = out.shape[1], out.shape[2]
-  windows = _windows_valid(x)
-  first = jnp.full(out.shape, 8, jnp.int8)
-  for k in range(7, -1, -1):
-    first = jnp.where(windows[k] == out, jnp.int8(k), first)
-  zero = jnp.zeros((), g.dtype)
-  dx = None
-  for k in range(9):
-    di, dj = divmod(k, 3)
-    part = lax.pad(
-      jnp.where(first == k, g, zero),
-      zero,
-      ((0, 0, 0), (di, h - di - (2 * ho - 1), 1), (dj, w - dj - (2 * wo - 1), 1), (0, 0, 0)),
-    )
-    dx = part if dx is None else dx + part
-  return (dx,)
-
-
-_max_pool_valid.defvjp(_max_pool_valid_fwd, _max_pool_valid_bwd)
-
-
 def max_pool_3x3_s2_valid(x: jax.Array) -> jax.Array:
-  """3x3 max-pool, stride 2, no padding (PyTorch ``MaxPool2d(3, 2)``): (N, H, W, C) ->
-  (N, (H - 3) // 2 + 1, (W - 3) // 2 + 1, C). Equals ``nnx.max_pool(x, (3, 3), (2, 2))``,
-  gradient included (ties go to the first maximum)."""
-  if x.ndim != 4 or x.shape[1] < 3 or x.shape[2] < 3:
-    raise ValueError(f"max_pool_3x3_s2_valid needs (N, H, W, C) with H, W >= 3, got shape {x.shape}")
-  return _max_pool_valid(x)
-
-
-# ----------------------------------------------------------------------------- blocks
+  """3x3 max-pool, stride 2, no padding (PyTorch ``MaxPool2d(3, 2)``): `layers.max_pool_3x3_s2`, whose
+  backward is fast on XLA:CPU."""
+  return layers.max_pool_3x3_s2(x, padding=0)
 
 
 class BasicConv2d(nnx.Module):

@@ -253,55 +253,64 @@ def pool_2x2(kind: str | None) -> Callable[[jax.Array], jax.Array] | None:
   raise ValueError(f"unknown pool {kind!r}; choose 'max', 'avg' or None")
 
 
-def _windows_3x3_s2(x: jax.Array) -> list[jax.Array]:
-  """The nine (..., ceil(H/2), ceil(W/2), C) strided slices of the -inf padded input, in
-  row-major window order."""
+def _windows_3x3_s2(x: jax.Array, padding: int) -> list[jax.Array]:
+  """The nine (..., ho, wo, C) strided slices of the input padded by `padding` (-inf) on each side, in
+  row-major window order: ho = (H + 2 * padding - 3) // 2 + 1."""
   h, w = x.shape[-3], x.shape[-2]
-  ho, wo = (h + 1) // 2, (w + 1) // 2
-  pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
-  xp = jnp.pad(x, pad, constant_values=-jnp.inf)
-  return [xp[..., di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :] for di in range(3) for dj in range(3)]
+  ho, wo = (h + 2 * padding - 3) // 2 + 1, (w + 2 * padding - 3) // 2 + 1
+  if padding:
+    pad = [(0, 0)] * (x.ndim - 3) + [(padding, padding), (padding, padding), (0, 0)]
+    x = jnp.pad(x, pad, constant_values=-jnp.inf)
+  return [x[..., di : di + 2 * ho - 1 : 2, dj : dj + 2 * wo - 1 : 2, :] for di in range(3) for dj in range(3)]
 
 
-def _max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
-  out = None
-  for s in _windows_3x3_s2(x):
-    out = s if out is None else jnp.maximum(out, s)
-  return out
+def _max_pool_3x3_s2_plain(x: jax.Array, padding: int) -> jax.Array:
+  return functools.reduce(jnp.maximum, _windows_3x3_s2(x, padding))
 
 
-def _max_pool_3x3_s2_bwd(res, g):
+def _max_pool_3x3_s2_fwd(x, padding):
+  out = _max_pool_3x3_s2_plain(x, padding)
+  return out, (x, out)
+
+
+def _max_pool_3x3_s2_bwd(padding, res, g):
   # Each window's gradient goes to its first maximum in row-major order (what reduce_window's
-  # select_and_scatter picks), scattered back with strided (interior) pads that XLA fuses.
+  # select_and_scatter and PyTorch pick), scattered back with strided (interior) pads that XLA fuses.
   x, out = res
   h, w = x.shape[-3], x.shape[-2]
-  windows = _windows_3x3_s2(x)
+  windows = _windows_3x3_s2(x, padding)
   first = jnp.full(out.shape, 8, jnp.int8)
   for k in range(7, -1, -1):
     first = jnp.where(windows[k] == out, jnp.int8(k), first)
   zero = jnp.zeros((), g.dtype)
   dxp = None
   ho, wo = out.shape[-3], out.shape[-2]
+  hp, wp = h + 2 * padding, w + 2 * padding
   lead = [(0, 0, 0)] * (x.ndim - 3)
   for k in range(9):
     di, dj = divmod(k, 3)
     part = lax.pad(
       jnp.where(first == k, g, zero),
       zero,
-      lead + [(di, h + 2 - di - (2 * ho - 1), 1), (dj, w + 2 - dj - (2 * wo - 1), 1), (0, 0, 0)],
+      lead + [(di, hp - di - (2 * ho - 1), 1), (dj, wp - dj - (2 * wo - 1), 1), (0, 0, 0)],
     )
     dxp = part if dxp is None else dxp + part
-  return (dxp[..., 1 : h + 1, 1 : w + 1, :],)
+  return (dxp[..., padding : h + padding, padding : w + padding, :],)
 
 
-_max_pool_3x3_s2 = _with_backward(_max_pool_3x3_s2_plain, _max_pool_3x3_s2_bwd)
+_max_pool_3x3_s2 = jax.custom_vjp(_max_pool_3x3_s2_plain, nondiff_argnums=(1,))
+_max_pool_3x3_s2.defvjp(_max_pool_3x3_s2_fwd, _max_pool_3x3_s2_bwd)
 
 
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """3x3 max-pool, stride 2, padding 1 each side (ResNet stem). (..., H, W, C) ->
-  (..., ceil(H/2), ceil(W/2), C). Padding is -inf, so padded cells never win."""
-  _check_spatial(x, "max_pool_3x3_s2", 1)
-  return _max_pool_3x3_s2(x)
+def max_pool_3x3_s2(x: jax.Array, padding: int = 1) -> jax.Array:
+  """3x3 max-pool, stride 2. ``padding=1`` (the ResNet stem's, PyTorch ``MaxPool2d(3, 2, 1)``): (..., H,
+  W, C) -> (..., ceil(H/2), ceil(W/2), C), padded cells (-inf) never win; ``padding=0`` (Inception's
+  ``MaxPool2d(3, 2)``): -> (..., (H - 3) // 2 + 1, ...). The gradient goes to each window's first
+  maximum, as ``reduce_window`` and PyTorch do."""
+  if padding not in (0, 1):
+    raise ValueError(f"max_pool_3x3_s2: padding must be 0 or 1, got {padding!r}")
+  _check_spatial(x, "max_pool_3x3_s2", 3 - 2 * padding)
+  return _max_pool_3x3_s2(x, padding)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
