@@ -109,6 +109,8 @@ def tiny(detection_built):
 
 def test_the_packaged_configs_pass(tiny, detection_built):
   validation.validate_compare_config(tiny)
+  tiny.classifier.model = "mobilenet_v3_small"  # the ImageNet architectures are classifiers of the sweep too
+  validation.validate_compare_config(tiny)
   for preset in ("default", "full", "gpu"):  # other datasets need not be built: only their grid
     validation.validate_compare_config(compare_configs.get_config(preset), grid_only=True)
   classifier = classifier_configs.get_config()
@@ -141,6 +143,8 @@ def test_the_packaged_configs_pass(tiny, detection_built):
     ("n_per_class", (0,), "config.n_per_class[0]: 0 is not a size; use None for all training images"),
     ("num_seeds", 0, "config.num_seeds: 0 is not a number of seeds (1 or more)"),
     ("cross_test_datasets", ("nope/x",), "config.cross_test_datasets[0]: 'nope/x' is not a dataset; choose from "),
+    # any registry model is a sweep's classifier, checked at the sweep's image size (tiny: 16 px)
+    ("classifier.model", "inception_v3", "config.classifier.model: 'inception_v3' at image_size 16: InceptionV3 "),
   ],
 )
 def test_a_bad_compare_field_is_named_with_its_value(tiny, field, value, expected):
