@@ -3,7 +3,6 @@ which learning rate, batch norm in inference mode, the checkpoint's settings, an
 
 from __future__ import annotations
 
-import functools
 import json
 
 import jax
@@ -47,7 +46,7 @@ def _config(checkpoint, **overrides):
 
 
 def _flat(tree) -> dict:
-  return {path: np.asarray(v.get_value()) for path, v in nnx.to_flat_state(tree)}
+  return {path: np.array(v.get_value()) for path, v in nnx.to_flat_state(tree)}  # copies: the step donates its state
 
 
 def _one_step(config, steps=1):
@@ -55,17 +54,8 @@ def _one_step(config, steps=1):
   model = train.create_model_for(config, 2)
   pretrained.load(model, config.pretrained)
   state = train.create_train_state_for(config, 2, steps_per_epoch=10, model=model)
-  step = jax.jit(
-    functools.partial(
-      train.train_step,
-      num_classes=2,
-      label_smoothing=0.0,
-      weights=jnp.ones(2),
-      normalization=config.normalization,
-      augment_config=None,
-      backbone=transfer.backbone_mode(config),
-    )
-  )
+  # the step training compiles (the frozen / unfrozen backbone modes of train_and_evaluate)
+  step = train.jitted_train_step(2, 0.0, (1.0, 1.0), config.normalization, None, (), transfer.backbone_mode(config))
   rng = np.random.default_rng(0)
   batch = {
     "image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),
