@@ -28,9 +28,9 @@ from classifiers import train as classifier_train
 from experiments import cell_quality
 from experiments.configs import classifier as classifier_config
 from vaeaug import fileio, generator_figures, generators, kinds, quality, synthesis
-from vaeaug.data import pipeline
+from vaeaug.data import pipeline, sources
 from vaeaug.models import noise as noise_lib
-from vaeaug.training import sharding
+from vaeaug.training import recipe, sharding
 
 # The rows of experiments/results/generators/quality.json (`quality_row`).
 BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)  # candidates of the noise_blur calibration
@@ -103,8 +103,10 @@ def evaluate_generator(
   dataset = dataset or config.dataset
   if dataset == generators.POOL_DATASET:
     raise ValueError(f"{generator_dir} was trained on the unlabeled pool: pass --dataset, a labelled dataset")
+  # The splits the generator was trained with (configs recorded before the field: 1.0.0).
+  version = config.get("dataset_version", recipe.NEUTRAL["dataset_version"])
   splits = pipeline.load_splits(
-    dataset, ("train", "validation"), data_dir=config.data_dir, image_size=config.image_size
+    sources.versioned(dataset, version), ("train", "validation"), data_dir=config.data_dir, image_size=config.image_size
   )
   train, validation = splits["train"], splits["validation"]
   if pool:

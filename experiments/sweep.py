@@ -35,7 +35,7 @@ from experiments import arms as arms_lib
 from experiments import cell_quality
 from experiments.arms import Arm
 from vaeaug import fileio, generators, provenance, synthesis
-from vaeaug.data import pipeline
+from vaeaug.data import pipeline, sources
 from vaeaug.training import checkpoints, logs, run, sharding, timing
 from vaeaug.training import recipe as recipe_lib
 
@@ -89,6 +89,7 @@ def cells_of(config) -> list[Cell]:
 
 _NEUTRAL_FIELDS = {
   "compute_dtype": "float32",
+  "dataset_version": "1.0.0",  # the splits every recorded cell used
   "free_bits": 0.0,
   "pool_validation_fraction": 0.05,
   # transfer learning (classifiers.transfer): off
@@ -117,7 +118,7 @@ _TOP_LEVEL_BEFORE_SHARING = {"num_devices": None, "distributed": False}
 # Grid fields: cells of an extended grid are reused. data_seed and compute_dtype were added to the top
 # level after results were recorded; the nested configs' copies are hashed.
 _NOT_RECIPE = ("preset", "datasets", "n_per_class", "arms", "num_seeds", "first_seed", "cross_test_datasets")
-_NOT_RECIPE_SINCE_SHARING = ("data_seed", "compute_dtype")
+_NOT_RECIPE_SINCE_SHARING = ("data_seed", "compute_dtype", "dataset_version")
 # Execution-only fields (vaeaug.training.recipe) that recorded hashes covered: still hashed, at their
 # values, so that recorded cells stay valid.
 _HASHED_EXECUTION_FIELDS = {
@@ -148,6 +149,8 @@ def recipe_of(config_dict: dict) -> dict:
   for key, value in _NEUTRAL_SYNTHESIS.items():
     if recipe.get("synthesis", {}).get(key) == value:
       recipe["synthesis"].pop(key)
+  if recipe.get("pool_generator", {}).get("dataset_version") == _NEUTRAL_FIELDS["dataset_version"]:
+    recipe["pool_generator"].pop("dataset_version")
   if "pool_generator" in recipe and _short_hash(recipe["pool_generator"]) == _POOL_GENERATOR_AS_ADDED:
     recipe.pop("pool_generator")
   for sub in ("classifier", "generator"):
@@ -192,8 +195,8 @@ def use_compilation_cache(config) -> None:
 class DataCache:
   """Splits loaded once per (dataset, image size) for the whole sweep."""
 
-  def __init__(self, data_dir: str | None, image_size: int):
-    self.data_dir, self.image_size = data_dir, image_size
+  def __init__(self, data_dir: str | None, image_size: int, version: str | None = None):
+    self.data_dir, self.image_size, self.version = data_dir, image_size, version
     self._splits: dict[str, dict[str, pipeline.ArrayDataset]] = {}
 
     self.seconds = 0.0  # spent loading (decoding on first use, then the .npz cache)
@@ -201,7 +204,9 @@ class DataCache:
   def splits(self, dataset: str) -> dict[str, pipeline.ArrayDataset]:
     if dataset not in self._splits:
       start = time.perf_counter()
-      self._splits[dataset] = pipeline.load_splits(dataset, data_dir=self.data_dir, image_size=self.image_size)
+      self._splits[dataset] = pipeline.load_splits(
+        sources.versioned(dataset, self.version), data_dir=self.data_dir, image_size=self.image_size
+      )
       self.seconds += time.perf_counter() - start
     return self._splits[dataset]
 
@@ -271,7 +276,7 @@ class Sweep:
     self.hash = config_hash(config)
     self.runs = self.workdir / "runs" / self.hash
     self.cells_path = self.workdir / "cells.jsonl"
-    self.data = DataCache(config.data_dir, config.image_size)
+    self.data = DataCache(config.data_dir, config.image_size, config.dataset_version)
     self.mesh = sharding.make_mesh(config.num_devices)
     self._synthetic: dict[tuple, synthesis.SyntheticSet] = {}
 

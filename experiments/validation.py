@@ -8,6 +8,7 @@ points print each line as `error: <line>` and exit 2 before anything is written.
 from __future__ import annotations
 
 import collections
+import re
 
 from classifiers import models as classifier_models
 from classifiers import transfer
@@ -18,6 +19,8 @@ from vaeaug import generators, kinds
 from vaeaug.data import augment, pipeline, sources
 from vaeaug.models import autoencoders, layers, noise
 from vaeaug.training import run, state
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 
 class ConfigError(ValueError):
@@ -126,21 +129,24 @@ class _Checker:
       return [f"{path}: {str(error).partition(': ')[2]}"]
     return []
 
-  def dataset(self, path: str, name, data_dir) -> list[str]:
+  def dataset(self, path: str, name, data_dir, version=None) -> list[str]:
     if self._known is None:
       self._known = known_datasets()
     if not isinstance(name, str) or name not in self._known:
       return [f"{path}: {name!r} is not a dataset; choose from {_names(self._known)}"]
+    if version is not None and (not isinstance(version, str) or not _VERSION.fullmatch(version)):
+      return [f"config.dataset_version: {version!r} is not a version such as {sources.DATA_VERSION!r}"]
     if self.data_cache is None:
       return []
-    if (name, data_dir) not in self.data_cache:
+    key = (name, data_dir, version)
+    if key not in self.data_cache:
       try:
         # Opens the built split's files (reads no image); says how to build a missing one.
-        sources.data_source(name, "train", data_dir)
-        self.data_cache[name, data_dir] = None
+        sources.data_source(sources.versioned(name, version), "train", data_dir)
+        self.data_cache[key] = None
       except FileNotFoundError as error:
-        self.data_cache[name, data_dir] = str(error)
-    problem = self.data_cache[name, data_dir]
+        self.data_cache[key] = str(error)
+    problem = self.data_cache[key]
     return [f"{path}: {problem}"] if problem else []
 
 
@@ -149,7 +155,9 @@ def _common_problems(config, check: _Checker, *, pool_ok: bool = False) -> list[
   is a dataset too (generators)."""
   problems = []
   if check.wanted(config, "dataset") and not (pool_ok and config.dataset == generators.POOL_DATASET):
-    problems += check.dataset(check.path("dataset"), config.dataset, config.get("data_dir"))
+    problems += check.dataset(
+      check.path("dataset"), config.dataset, config.get("data_dir"), config.get("dataset_version")
+    )
   if check.wanted(config, "n_per_class"):
     problems += check.n_per_class(check.path("n_per_class"), config.n_per_class)
   for field in ("image_size", "batch_size", "eval_batch_size", "epochs"):
@@ -256,7 +264,7 @@ def _grid_problems(config, check: _Checker) -> list[str]:
     values, bad = _sequence(config, field, check, empty_ok=empty_ok)
     problems += bad
     for i, name in enumerate(values):
-      problems += check.dataset(f"config.{field}[{i}]", name, data_dir)
+      problems += check.dataset(f"config.{field}[{i}]", name, data_dir, config.get("dataset_version"))
     problems += [f"config.{field}: {v!r} is listed twice; give each dataset once" for v in _repeats(values)]
   sizes, bad = _sequence(config, "n_per_class", check)
   problems += bad

@@ -161,7 +161,8 @@ def test_prepare_script_prints_summary(real_raw_root, tmp_path):
   assert out.stderr.strip() == f"library messages: {log} (--verbosity=1 shows them here)"
   assert "Generating dataset face_mask_observations" in log.read_text()
   assert "Downloading and preparing" not in out.stdout and "Downloading and preparing" in log.read_text()
-  assert "face_mask_observations/grouped v1.0.0: 4 examples" in out.stdout
+  version = building.builder_class("face_mask_observations").VERSION
+  assert f"face_mask_observations/grouped v{version}: 4 examples" in out.stdout
   assert re.search(r"skipped 1:\n\s+1\s+not an image extension\s+\(e\.g\. with_mask/notes\.txt\)", out.stdout)
   split_lines = re.findall(
     r"^\s+(train|validation|test)\s+(\d+)\s+\(with_mask (\d+), without_mask (\d+)\)", out.stdout, re.M
@@ -170,7 +171,7 @@ def test_prepare_script_prints_summary(real_raw_root, tmp_path):
   # Idempotent: the second run reads the stored report and prints the same summary.
   again = run_script(*args, cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-2000:]
-  summary = lambda text: text[text.index("face_mask_observations/grouped v1.0.0") : text.rindex("done in")]
+  summary = lambda text: text[text.index(f"face_mask_observations/grouped v{version}") : text.rindex("done in")]
   assert summary(again.stdout) == summary(out.stdout)
 
 

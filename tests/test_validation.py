@@ -14,6 +14,7 @@ from experiments import validation
 from experiments.configs import classifier as classifier_configs
 from experiments.configs import compare as compare_configs
 from experiments.configs import generator as generator_configs
+from vaeaug.data import sources
 
 BIN = Path(sys.executable).parent
 
@@ -236,3 +237,16 @@ def test_classifier_model_problems_before_any_work(detection_built, overrides, e
   config.update(overrides)
   problems = problems_of(validation.validate_classifier_config, config)
   assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_a_dataset_version_that_is_not_built_or_not_a_version_is_named(tiny):
+  tiny.dataset_version = "0.9.0"
+  (problem,) = problems_of(validation.validate_compare_config, tiny)
+  assert problem.startswith("config.datasets[0]: dataset face_mask_detection/2classes version 0.9.0 is not built in ")
+  tiny.dataset_version = "new"
+  (problem,) = problems_of(validation.validate_compare_config, tiny)
+  assert problem == f"config.dataset_version: 'new' is not a version such as {sources.DATA_VERSION!r}"
+  classifier = classifier_configs.get_config()
+  classifier.data_dir, classifier.dataset_version = tiny.data_dir, "0.9.0"
+  (problem,) = problems_of(validation.validate_classifier_config, classifier, data_cache={})
+  assert problem.startswith("config.dataset: dataset face_mask_detection/2classes version 0.9.0 is not built")

@@ -70,6 +70,7 @@ DATASETS = ("face_mask_detection/2classes", "face_mask12k/grouped", "face_mask_o
 # Top-level fields the nested classifier and generator configs hold by reference: one value, one override.
 SHARED_FIELDS = (
   "image_size",
+  "dataset_version",
   "data_dir",
   "data_seed",
   "num_devices",

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from vaeaug.data import sources
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -9,6 +11,9 @@ def get_config():
   # Built TFDS datasets (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data_dir = ml_collections.config_dict.placeholder(str)
   config.dataset = "face_mask_detection/2classes"
+  # The dataset build whose splits are read (vaeaug.data.sources.DATA_VERSION: what this code builds;
+  # "1.0.0" reads the builds before the aligned near-duplicate signal, for recorded results).
+  config.dataset_version = sources.DATA_VERSION
   config.image_size = 64
   # Training images per class, stratified and nested across n for one seed; None: all (0 is no size: an error).
   config.n_per_class = ml_collections.config_dict.placeholder(int)

@@ -2,7 +2,11 @@
 
 The audit recomputes links from the stored pixels with the same rules the builders use
 (`vaeaug.data.grouping.find_duplicate_pairs` plus each dataset's name/photo rules), so on a
-`grouped` config it must find nothing, and on the 12K `official` split it shows the leak.
+`grouped` config it must find nothing, and on the 12K `official` split it shows the leak. For the
+detection dataset it also compares the whole photos (`grouping.PHOTO_PARAMS`), read from the
+download, since bursts of one scene are found there and not in the face crops; pairs of photos
+count as "photo <kind>". Every link is counted by the rule that made it (`links_by_kind`: what each
+signal adds to the others).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import itertools
 from collections.abc import Callable
 
 from vaeaug.data import face_mask12k, face_mask_detection, grouping, sources
+from vaeaug.data import images as image_io
 
 # dataset -> (whether the masked-from-unmasked rule applies, name/photo link keys of an example)
 _RULES: dict[str, tuple[bool, Callable[[dict], list[str]]]] = {
@@ -33,6 +38,8 @@ class AuditResult:
   images_with_train_sibling: dict[str, int]
   images_in_group_with_train: dict[str, int]
   examples: dict[str, list[tuple[str, str, str]]]
+  links_by_kind: dict[str, int]
+  photo_check: str = ""  # detection: how many photos were compared, or why not
 
   def to_json(self) -> dict:
     return {
@@ -43,6 +50,8 @@ class AuditResult:
       "images_in_group_with_train": self.images_in_group_with_train,
       "pairs_by_split_pair": self.pairs_by_split_pair,
       "pairs_by_kind": self.pairs_by_kind,
+      "links_by_kind": self.links_by_kind,
+      "photo_check": self.photo_check,
       "split_sizes": self.split_sizes,
     }
 
@@ -55,6 +64,9 @@ class AuditResult:
       lines.append(f"    {split_pair:<22} {count}")
     if self.pairs_by_kind:
       lines.append("  by kind: " + ", ".join(f"{k} {v}" for k, v in self.pairs_by_kind.items()))
+    lines.append("  links by the rule that made them (all pairs): " + _counts_text(self.links_by_kind))
+    if self.photo_check:
+      lines.append(f"  photos: {self.photo_check}")
     for split, count in self.images_with_train_sibling.items():
       size = self.split_sizes.get(split, 0)
       share = f" ({100 * count / size:.1f}%)" if size else ""
@@ -66,6 +78,30 @@ class AuditResult:
       lines.append(f"  e.g. {split_pair}:")
       lines.extend(f"    [{kind}] {a}  <->  {b}" for a, b, kind in rows)
     return "\n".join(lines)
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+  return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+def _photo_pairs(dataset: str, rows, raw_root) -> tuple[list[tuple[int, int, str]], str]:
+  """Detection only: (face index, face index, "photo <kind>") for a face of each pair of linked
+  photos, and what was checked (or why the photos could not be read)."""
+  if dataset != "face_mask_detection":
+    return [], ""
+  first_face: dict[str, int] = {}
+  for index, (_, example) in enumerate(rows):
+    first_face.setdefault(example["photo"], index)
+  photos = sorted(first_face)
+  try:
+    folder = sources.raw_dir(dataset, raw_root)
+    images = [image_io.load_rgb(folder / photo) for photo in photos]
+  except (FileNotFoundError, image_io.BadInputError) as error:
+    return [], f"not compared ({error}); pass --raw_dir to include the photo-level check"
+  fingerprints = grouping.fingerprint(images, grouping.PHOTO_PARAMS)
+  pairs = grouping.find_duplicate_pairs(fingerprints, params=grouping.PHOTO_PARAMS)
+  linked = [(first_face[photos[a]], first_face[photos[b]], f"photo {kind}") for (a, b), kind in sorted(pairs.items())]
+  return linked, f"{len(photos)} photos compared from {folder}, {len(pairs)} linked pairs"
 
 
 def load_examples(dataset: str, config: str, data_dir=None) -> dict[str, list[dict]]:
@@ -82,7 +118,7 @@ def load_examples(dataset: str, config: str, data_dir=None) -> dict[str, list[di
   return examples
 
 
-def audit(dataset: str, config: str, data_dir=None, max_examples: int = 5) -> AuditResult:
+def audit(dataset: str, config: str, data_dir=None, max_examples: int = 5, raw_dir=None) -> AuditResult:
   if dataset not in _RULES:
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(_RULES)}")
   use_labels, keys_of = _RULES[dataset]
@@ -95,6 +131,11 @@ def audit(dataset: str, config: str, data_dir=None, max_examples: int = 5) -> Au
     labels=[int(example["label"]) for _, example in rows] if use_labels else None,
     link_keys=[keys_of(example) for _, example in rows],
   )
+
+  photo_links, photo_check = _photo_pairs(dataset, rows, raw_dir)
+  for a, b, kind in photo_links:
+    pairs.setdefault((min(a, b), max(a, b)), kind)
+  links_by_kind = dict(sorted(collections.Counter(pairs.values()).items()))
 
   order = {split: index for index, split in enumerate(grouping.SPLITS)}
   by_split_pair: collections.Counter[str] = collections.Counter()
@@ -129,4 +170,6 @@ def audit(dataset: str, config: str, data_dir=None, max_examples: int = 5) -> Au
     images_with_train_sibling={split: len(members) for split, members in with_train_sibling.items()},
     images_in_group_with_train={split: in_group_with_train.get(split, 0) for split in with_train_sibling},
     examples=examples,
+    links_by_kind=links_by_kind,
+    photo_check=photo_check,
   )

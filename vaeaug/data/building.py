@@ -142,6 +142,7 @@ class Report:
   links: dict[str, int]
   skips: dict
   seconds: float | None = None
+  notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def total(self) -> int:
@@ -168,6 +169,7 @@ class Report:
     for problem, count in self.skips.get("warnings", {}).items():
       example = self.skips.get("examples", {}).get(f"warning: {problem}", [""])[0]
       lines.append(f"  warning {count:>5}  {problem}  (e.g. {example})")
+    lines.extend(f"  note: {note}" for note in self.notes)
     return "\n".join(lines)
 
 
@@ -280,6 +282,7 @@ def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None, progress
     # TFDS would reuse the data and no report would exist, so rebuild it.
     mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
   manual_dir = sources.raw_dir(dataset, raw_root)
+  notes = _older_builds(builder)
   start = time.perf_counter()
   token = _PROGRESS.set(progress)
   try:
@@ -290,9 +293,27 @@ def prepare(dataset: str, config: str, *, data_dir=None, raw_root=None, progress
     _PROGRESS.reset(token)
   report = builder.report
   report.seconds = round(time.perf_counter() - start, 1)
+  report.notes = notes
   report_path = Path(builder.data_dir) / REPORT_FILE
   report_path.write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
   return report
+
+
+def _older_builds(builder) -> list[str]:
+  """Notes on other versions of this config found beside the one about to be built."""
+  version_dir = Path(builder.data_dir)
+  current = version_dir.name
+  older = sorted(
+    path.parent.name for path in version_dir.parent.glob("*/dataset_info.json") if path.parent.name != current
+  )
+  if not older:
+    return []
+  change = builder.RELEASE_NOTES.get(current, "")
+  return [
+    f"found an older build (version {', '.join(older)}) in {version_dir.parent}; built version {current} beside it"
+    + (f" ({change})" if change else "")
+    + "; the project reads only the new one"
+  ]
 
 
 def all_configs(dataset: str) -> list[str]:

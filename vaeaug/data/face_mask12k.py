@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from vaeaug.data import building
+from vaeaug.data import building, sources
 
 CLASS_NAMES = ("with_mask", "without_mask")
 _CLASS_FOLDERS = {"WithMask": 0, "WithoutMask": 1}
@@ -36,8 +36,11 @@ def link_keys(file: str) -> list[str]:
 class FaceMask12k(tfds.core.GeneratorBasedBuilder):
   """Face Mask ~12K: 64x64 face images, with_mask / without_mask."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Official and leak-free grouped splits."}
+  VERSION = tfds.core.Version(sources.DATA_VERSION)
+  RELEASE_NOTES = {
+    sources.DATA_VERSION: "Groups by the aligned near-duplicate signal too (re-crops, re-scalings, colour shifts)",
+    "1.0.0": "Official and leak-free grouped splits.",
+  }
   BUILDER_CONFIGS = [
     tfds.core.BuilderConfig(name="official", description="The split shipped with the download (leaky)."),
     tfds.core.BuilderConfig(name="grouped", description="Leak-free ~80/10/10 split by near-duplicate group."),

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaeaug.data import building, grouping, voc
+from vaeaug.data import building, grouping, sources, voc
 from vaeaug.data import images as image_io
 
 ALL_CLASSES = ("with_mask", "without_mask", "mask_weared_incorrect")
@@ -66,8 +66,11 @@ def _annotation_files(folder: Path, skips: building.SkipLog) -> list[Path]:
 class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
   """Face crops from the Kaggle Face Mask Detection photos."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Square face crops, photo-grouped split."}
+  VERSION = tfds.core.Version(sources.DATA_VERSION)
+  RELEASE_NOTES = {
+    sources.DATA_VERSION: "Groups by the aligned near-duplicate signal too (re-crops, re-scalings, colour shifts, photo bursts)",
+    "1.0.0": "Square face crops, photo-grouped split.",
+  }
   BUILDER_CONFIGS = [
     DetectionConfig(
       name="2classes",
@@ -168,7 +171,7 @@ class FaceMaskDetection(tfds.core.GeneratorBasedBuilder):
 
     # Near-duplicate photos first, then faces: linked by photo group and by their own pixels.
     # Grouping sees the faces of every class, so groups and splits are the same in every config.
-    photo_groups = grouping.group_images(photos).groups
+    photo_groups = grouping.group_images(photos, params=grouping.PHOTO_PARAMS).groups
     result = grouping.group_images(
       [f["image"] for f in faces], link_keys=[link_keys(photo_groups[f["photo_index"]]) for f in faces]
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from vaeaug.data import building
+from vaeaug.data import building, sources
 
 CLASS_NAMES = ("with_mask", "without_mask")
 
@@ -20,8 +20,11 @@ CLASS_NAMES = ("with_mask", "without_mask")
 class FaceMaskObservations(tfds.core.GeneratorBasedBuilder):
   """Face-mask observations (1,376 images), with_mask / without_mask."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Leak-free grouped split."}
+  VERSION = tfds.core.Version(sources.DATA_VERSION)
+  RELEASE_NOTES = {
+    sources.DATA_VERSION: "Groups by the aligned near-duplicate signal too (re-crops, re-scalings, colour shifts)",
+    "1.0.0": "Leak-free grouped split.",
+  }
   BUILDER_CONFIGS = [
     tfds.core.BuilderConfig(name="grouped", description="Leak-free ~80/10/10 split by near-duplicate group."),
   ]

@@ -35,21 +35,20 @@ built dataset files and the grouping parameters (independent of the image size),
 (allow_pickle=False) of the pool images per image size. A file that does not match its key or
 cannot be read is reported with a `pipeline.CacheWarning` and rebuilt.
 
-Measured on the shipped data (all five configs built; 2 shared CPU cores), `vaeaug-audit --pool`:
+Measured on the shipped data (all five configs built at version 1.1.0; 2 CPU cores), `vaeaug-audit --pool`:
 
   | source                               | candidates | excluded |  kept | excluded because               |
   |--------------------------------------|-----------:|---------:|------:|--------------------------------|
-  | face_mask12k/grouped:train           |       9434 |     3458 |  5976 | held-out 3417, dup 35, blank 6 |
-  | face_mask_detection/3classes:train   |       3258 |        2 |  3256 | dup 2                          |
+  | face_mask12k/grouped:train           |       9434 |     3986 |  5448 | held-out 3947, dup 36, blank 3 |
+  | face_mask_detection/3classes:train   |       3258 |       34 |  3224 | held-out 32, dup 2             |
   | face_mask_observations/grouped:train |       1101 |       97 |  1004 | dup 97                         |
-  | total                                |      13793 |     3557 | 10236 |                                |
+  | total                                |      13793 |     4117 |  9676 |                                |
 
-  The 3417 are 12K grouped-train faces in one group with a 12K *official* validation/test image
-  (direct links: exact 1419, same-source 1948, near 9, mirror 7; indirect 34); 4439 pairs crossed
-  before exclusion, 0 after, against 6029 held-out images. Detection loses none: 2classes and
-  3classes put every photo in the same split. Build: about 57 s cold (reading 8 s, fingerprints
-  10 s, two grouping passes 23 s, verification the rest), 0.15 s from the cache (1 s for the whole
-  command), about 5 s for a new image size (the selection is cached independently of it).
+  The 3979 linked ones are in one group with a validation/test image, nearly all of the 12K
+  *official* split (direct links: same-source 1854, exact 1463, aligned 94, near 14, mirror 8;
+  indirect 546); the 32 detection faces are re-crops of 12K validation/test faces. 4481 pairs
+  crossed before exclusion, 0 after (one re-check round), against 6029 held-out images. Build:
+  about 3 minutes cold (three grouping passes over 19,822 images), seconds from the cache.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ __all__ = [
 ]
 
 # Bump when the selection rules, the report or the cache layout change.
-POOL_FORMAT_VERSION = 1
+POOL_FORMAT_VERSION = 2
 CLASS_NAMES = ("face",)
 
 # (dataset, config, split) of the pool candidates.
@@ -102,13 +101,12 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = tuple(
   (dataset, config, split) for dataset, config in ALL_CONFIGS for split in ("validation", "test")
 )
 
+# Rounds of re-checking the kept pool against the held-out images (see `select_pool`).
+_MAX_RECHECKS = 5
 # Exclusion reasons, in the order they are checked.
 LINKED, BLANK, DUPLICATE = "linked-to-held-out", "blank", "duplicate-in-pool"
 INDIRECT = "indirect"  # linked to held-out only through other images
-_KIND_RANK = {
-  kind: rank
-  for rank, kind in enumerate((grouping.EXACT, grouping.NEAR, grouping.MIRROR, grouping.MASKED, grouping.NAME))
-}
+_KIND_RANK = {kind: rank for rank, kind in enumerate(grouping.KINDS)}
 
 
 def source_name(dataset: str, config: str, split: str) -> str:
@@ -151,19 +149,6 @@ class Selection:
   report: dict
 
 
-def _take(fingerprints: grouping.Fingerprints, index: Sequence[int]) -> grouping.Fingerprints:
-  index = np.asarray(index, np.int64)
-  return grouping.Fingerprints(
-    sha=tuple(fingerprints.sha[i] for i in index.tolist()),
-    hashes=fingerprints.hashes[index],
-    mirror_hashes=fingerprints.mirror_hashes[index],
-    top_hashes=fingerprints.top_hashes[index],
-    thumbs=fingerprints.thumbs[index],
-    top_thumbs=fingerprints.top_thumbs[index],
-    informative=fingerprints.informative[index],
-  )
-
-
 def _pairs(examples: Sequence[Example], fingerprints, params) -> dict[tuple[int, int], str]:
   """The audit's links over examples of several datasets: one pass without labels, then the
   masked-from-unmasked rule over the images of datasets that use it (kinds merged by priority)."""
@@ -172,7 +157,7 @@ def _pairs(examples: Sequence[Example], fingerprints, params) -> dict[tuple[int,
   if len(masked) > 1:
     vocabulary: dict[str, int] = {}
     labels = [vocabulary.setdefault(examples[i].label, len(vocabulary)) for i in masked]
-    sub = grouping.find_duplicate_pairs(_take(fingerprints, masked), labels, None, params)
+    sub = grouping.find_duplicate_pairs(fingerprints.take(masked), labels, None, params)
     for (a, b), kind in sub.items():
       key = (masked[a], masked[b])  # masked is increasing, so still i < j
       if key not in pairs or _KIND_RANK[kind] < _KIND_RANK[pairs[key]]:
@@ -234,13 +219,36 @@ def select_pool(
       first_of_sha.add(fingerprints.sha[i])
       reasons.append(None)
   kept = np.asarray([i for i, reason in enumerate(reasons) if reason is None], np.int64)
+  # Held-out sources each excluded candidate's group reaches.
+  reached_splits = {i: sources_of_component[int(components[i])] for i, reason in enumerate(reasons) if reason == LINKED}
 
   # Verification, independent of the components: the links between kept and held-out, recomputed.
-  check = [*kept.tolist(), *range(n, len(examples))]
-  check_pairs = _pairs([examples[i] for i in check], _take(fingerprints, check), params)
-  crossing_after = sum(1 for i, j in check_pairs if i < len(kept) <= j)
-  if crossing_after:
-    raise RuntimeError(f"face pool: {crossing_after} near-duplicate pairs remain between the pool and held-out images")
+  # The aligned rule's candidates depend on the image set (nearest signatures), so the smaller set
+  # can show a link the full one did not: such candidates are excluded too, until none is left.
+  rechecks = 0
+  while True:
+    check = [*kept.tolist(), *range(n, len(examples))]
+    check_pairs = _pairs([examples[i] for i in check], fingerprints.take(check), params)
+    crossing_after = sum(1 for i, j in check_pairs if i < len(kept) <= j)
+    if not crossing_after:
+      break
+    rechecks += 1
+    if rechecks > _MAX_RECHECKS:
+      raise RuntimeError(
+        f"face pool: {crossing_after} near-duplicate pairs remain between the pool and held-out images"
+      )
+    check_components = grouping.connected_components(len(check), check_pairs)
+    reached_by: dict[int, set[str]] = {}
+    for position in range(len(kept), len(check)):
+      reached_by.setdefault(int(check_components[position]), set()).add(examples[check[position]].source)
+    for position, candidate in enumerate(kept.tolist()):
+      if int(check_components[position]) in reached_by:
+        reasons[candidate] = LINKED
+        reached_splits[candidate] = reached_by[int(check_components[position])]
+    for (i, j), kind in check_pairs.items():
+      if i < len(kept) <= j and _KIND_RANK[kind] < _KIND_RANK.get(direct.get(int(kept[i]), ""), len(_KIND_RANK)):
+        direct[int(kept[i])] = kind
+    kept = np.asarray([i for i, reason in enumerate(reasons) if reason is None], np.int64)
 
   linked = [i for i, reason in enumerate(reasons) if reason == LINKED]
   per_source: dict[str, dict] = {}
@@ -263,14 +271,13 @@ def select_pool(
     # Kind of the candidate's strongest direct link to a held-out image; "indirect": via other images.
     "excluded_by_kind": _counts(direct.get(i, INDIRECT) for i in linked),
     # Candidates whose group reaches each held-out split (one candidate can count for several).
-    "excluded_by_held_out_split": _counts(
-      source for i in linked for source in sources_of_component[int(components[i])]
-    ),
+    "excluded_by_held_out_split": _counts(source for i in linked for source in reached_splits[i]),
     "held_out": _counts(e.source for e in held_out),
     "held_out_total": len(held_out),
     "pairs_by_kind": _counts(pairs.values()),
     "crossing_pairs_before_exclusion": crossing_before,
     "crossing_pairs_after_exclusion": crossing_after,
+    "rechecks": rechecks,
     "notes": (
       "excluded: every candidate whose near-duplicate group (over candidates and held-out images) "
       "contains a validation/test image of any config; blank candidates; exact pixel duplicates within "

@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 RAW_DATA_ENV = "VAEAUG_RAW_DATA"
+# The version of the project's datasets this code builds and reads: their splits change with it
+# (1.1.0: the aligned near-duplicate signal). Configs record it (`dataset_version`), so runs and
+# sweep cells of other splits are never mixed; 1.0.0 builds stay readable as "dataset/config:1.0.0".
+DATA_VERSION = "1.1.0"
 
 # Dataset name -> the folder its download unpacks to, under the raw-data root.
 RAW_FOLDERS = {
@@ -56,11 +60,29 @@ def default_data_dir() -> Path:
   return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
 
 
+def versioned(name: str, version: str | None) -> str:
+  """`name` ("dataset/config") at `version` ("dataset/config:version"; `name` when None)."""
+  return f"{name}:{version}" if version else name
+
+
+def current_version(dataset: str) -> str | None:
+  """The version this code builds and reads of one of the project's datasets (None for others)."""
+  if dataset not in RAW_FOLDERS:
+    return None
+  from vaeaug.data import building  # deferred: imports TFDS and the builders
+
+  return str(building.builder_class(dataset).VERSION)
+
+
 def data_source(name: str, split: str | None = None, data_dir=None):
-  """`tfds.data_source` of a built dataset (never downloads); says how to build a missing one."""
+  """`tfds.data_source` of a built dataset (never downloads); says how to build a missing one.
+
+  `name` is "dataset/config", read at the version this code builds (an older build alone is an
+  error that says how to rebuild), or "dataset/config:version" for that version."""
   import tensorflow_datasets as tfds  # deferred: slow import
 
   data_dir = os.fspath(Path(data_dir).expanduser()) if data_dir is not None else os.fspath(default_data_dir())
+  name, _, version = name.partition(":")  # "dataset/config:1.0.0" reads that version
   dataset, _, config = name.partition("/")
   how = (
     f"build it with `vaeaug-prepare --datasets={dataset}"
@@ -68,10 +90,20 @@ def data_source(name: str, split: str | None = None, data_dir=None):
   )
   # Checked first: for a registered builder TFDS would otherwise try to build it, or complain
   # about the wrong file format.
-  if not list(Path(data_dir, dataset, config).glob("*/dataset_info.json")):
+  built = sorted(path.parent.name for path in Path(data_dir, dataset, config).glob("*/dataset_info.json"))
+  if not built:
     raise FileNotFoundError(f"dataset {name} is not built in {data_dir}: {how}")
+  current = version or current_version(dataset)
+  if version and version not in built:
+    raise FileNotFoundError(f"dataset {name} version {version} is not built in {data_dir} (built: {', '.join(built)})")
+  if current is not None and current not in built:
+    raise FileNotFoundError(
+      f"dataset {name} in {data_dir} is an older build (version {', '.join(built)}; this code reads {current}, "
+      f"whose splits differ): rebuild it with `vaeaug-prepare --datasets={dataset}"
+      f"{f' --configs={config}' if config else ''} --data_dir={data_dir}`"
+    )
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(f"{name}:{version}" if version else name, split=split, data_dir=data_dir, download=False)
   except (
     AssertionError,
     FileNotFoundError,

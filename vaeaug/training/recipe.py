@@ -36,6 +36,7 @@ PROVENANCE_KEY = "provenance"
 # recorded config without one of them equals a new one holding this value.
 NEUTRAL = {
   "compute_dtype": "float32",
+  "dataset_version": "1.0.0",
   "data_seed": None,
   "pretrained": None,
   "pretrained_source": "auto",

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from vaeaug.data import pipeline
+from vaeaug.data import pipeline, sources
 from vaeaug.training import checkpoints, logs, loop, recipe, sharding
 from vaeaug.training import state as state_lib
 
@@ -67,7 +67,8 @@ def load_data(config, *, test: bool = False) -> Data:
   `config.image_size`; the test split only with `test=True` (runs that never score it never read it)."""
   check_n_per_class(config.n_per_class)  # before a possibly slow first decode
   names = ("train", "validation", "test") if test else ("train", "validation")
-  splits = pipeline.load_splits(config.dataset, names, data_dir=config.data_dir, image_size=config.image_size)
+  name = sources.versioned(config.dataset, config.get("dataset_version"))
+  splits = pipeline.load_splits(name, names, data_dir=config.data_dir, image_size=config.image_size)
   return Data(train=real_train(splits["train"], config), validation=splits["validation"], test=splits.get("test"))
 
 
