@@ -32,7 +32,8 @@ Near-duplicate method (measured on the shipped data, see `scripts/audit_data.py`
    rules left in different groups: the central `aligned_inner` of one image's *detail*
    (grayscale at `detail_size` px minus its Gaussian blur: edges and texture, without lighting
    and colour) is searched at every position and at scales between 1/`aligned_max_scale` and
-   `aligned_max_scale` in the other's detail, both ways round (coarse to fine: half size first,
+   `aligned_max_scale` in the other's detail, the template taken from the image with the smaller
+   pixel hash (so the order of the pair does not matter; coarse to fine: half size first,
    `aligned_coarse_ncc` to go on); the best normalised cross-correlation (OpenCV's
    `TM_CCOEFF_NORMED`) must reach `aligned_ncc`, and the blurred chroma (Cr, Cb) of the aligned
    regions must correlate at `aligned_chroma` or more. Aligned faces of different people (CelebA)
