@@ -34,16 +34,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import re
 
 import numpy as np
 from PIL import Image, ImageEnhance
 from scipy import stats
 
-from vaeaug.data import audit, grouping
-from vaeaug.data.face_mask12k import CLASS_NAMES
+from vaeaug.data import audit, face_mask12k, grouping
 
-_FAMILY = re.compile(r"^Augmented_(\d+)_")
 # Held-out synthetic recall is also reported by how much of the side the re-crop kept.
 SYNTHETIC_CROP_BINS = ((0.90, 0.951), (0.85, 0.90), (0.80, 0.85), (0.70, 0.80))
 
@@ -51,6 +48,11 @@ SYNTHETIC_CROP_BINS = ((0.90, 0.951), (0.85, 0.90), (0.80, 0.85), (0.70, 0.80))
 def _half(key: str) -> int:
   """0 (calibration) or 1 (held-out), from a hash of the key: the same on every machine."""
   return hashlib.sha256(f"calibration:{key}".encode()).digest()[0] & 1
+
+
+def _family_half(link_key: str) -> int:
+  # Hashed as "WithMask/<N>", the form the published calibration drew its halves with.
+  return _half(link_key.replace("/Augmented_", "/"))
 
 
 def synthetic_copy(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -85,17 +87,15 @@ class _Pairs:
 
 
 def _family_pairs(files: list[str]) -> tuple[_Pairs, dict[str, list[int]]]:
-  families: dict[str, list[int]] = {}
+  families: dict[str, list[int]] = {}  # the builder's name rule: "WithMask/Augmented_<N>"
   for index, file in enumerate(files):
-    parts = file.split("/")
-    match = _FAMILY.match(parts[-1])
-    if match:
-      families.setdefault(f"{parts[-2]}/{match.group(1)}", []).append(index)
+    for key in face_mask12k.link_keys(file):
+      families.setdefault(key, []).append(index)
   rows = []
   for key, members in sorted(families.items()):
     a, b = np.triu_indices(len(members), 1)
     members_ = np.asarray(members)
-    rows.append(np.stack([members_[a], members_[b], np.full(len(a), _half(key))], 1))
+    rows.append(np.stack([members_[a], members_[b], np.full(len(a), _family_half(key))], 1))
   table = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
   return _Pairs(table[:, 0], table[:, 1], table[:, 2]), families
 
@@ -151,7 +151,7 @@ def calibrate(
   negative_pairs = _Pairs(ni[keep], nj[keep], (np.arange(int(keep.sum())) % 2))
 
   candidate_keys = grouping.aligned_candidate_keys(fingerprints, params)
-  unmasked = CLASS_NAMES.index("without_mask")
+  unmasked = face_mask12k.CLASS_NAMES.index("without_mask")
   hi, hj = candidate_keys // len(fingerprints), candidate_keys % len(fingerprints)
   originals_only = (hj < len(images)) & (hi < len(images))
   hi, hj = hi[originals_only], hj[originals_only]
@@ -255,7 +255,7 @@ def _family_members_linked(fingerprints, families: dict[str, list[int]], params,
   one other member of their family."""
   linked_members = total = 0
   for key, members in families.items():
-    if _half(key) != 1 or len(members) < 2:
+    if _family_half(key) != 1 or len(members) < 2:
       continue
     a, b = np.triu_indices(len(members), 1)
     members_ = np.asarray(members)
