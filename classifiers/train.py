@@ -110,15 +110,35 @@ def train_step(
   normalization: str,
   augment_config,
   backbone: str = "train",
+  mixup_alpha: float = 0.0,
 ):
-  """One optimisation step. Randomness (dropout, augmentation) comes from (base_key, step).
+  """One optimisation step. Randomness (dropout, augmentation, mixup) comes from (base_key, step).
   `backbone` (`transfer.backbone_mode`): "train"; "inference": the backbone runs as in evaluation
   (a pretrained backbone keeps its batch-norm statistics) and the rest in training mode; "frozen":
-  inference, and no gradient is computed through the backbone at all."""
+  inference, and no gradient is computed through the backbone at all. `mixup_alpha` > 0: mixup
+  (Zhang et al. 2018) after augmentation, one weight lam ~ Beta(alpha, alpha) per batch, each image
+  mixed with another of the batch and the loss mixed the same way."""
   step_key = jax.random.fold_in(base_key, state.step)
   augment_key, dropout_key = jax.random.split(step_key)
   images = _prepare_images(batch["image"], normalization, augment_config, augment_key)
+  labels = batch["label"]
+  if mixup_alpha > 0:  # its own key: runs without mixup keep their random streams
+    lam_key, partner_key = jax.random.split(jax.random.fold_in(step_key, 2))
+    lam = jax.random.beta(lam_key, mixup_alpha, mixup_alpha)
+    partners = jax.random.permutation(partner_key, images.shape[0])
+    images = lam * images + (1 - lam) * images[partners]
   model = state.model()
+
+  def batch_loss(logits):
+    losses, probabilities = loss_and_probabilities(
+      logits, labels, num_classes=num_classes, label_smoothing=label_smoothing, weights=weights
+    )
+    if mixup_alpha > 0:  # cross-entropy is linear in the target: mixing losses is mixing labels
+      partner_losses, _ = loss_and_probabilities(
+        logits, labels[partners], num_classes=num_classes, label_smoothing=label_smoothing, weights=weights
+      )
+      losses = lam * losses + (1 - lam) * partner_losses
+    return losses.mean(), probabilities
 
   def loss_fn(model):
     rngs = nnx.Rngs(dropout=dropout_key)
@@ -129,10 +149,7 @@ def train_step(
       logits = model.classify(features, train=True, rngs=rngs)
     else:
       logits = model(images, train=True, rngs=rngs)
-    losses, probabilities = loss_and_probabilities(
-      logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing, weights=weights
-    )
-    return losses.mean(), probabilities
+    return batch_loss(logits)
 
   (loss, probabilities), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   _, model_state = split_model(model)
@@ -189,6 +206,7 @@ def jitted_train_step(
   augment_config,
   options: tuple,
   backbone: str = "train",
+  mixup_alpha: float = 0.0,
 ):
   return jax.jit(
     functools.partial(
@@ -199,6 +217,7 @@ def jitted_train_step(
       normalization=normalization,
       augment_config=augment_config,
       backbone=backbone,
+      mixup_alpha=mixup_alpha,
     ),
     donate_argnums=0,
     compiler_options=dict(options),
@@ -259,6 +278,7 @@ def train_and_evaluate(
     augment_config,
     options,
     transfer.backbone_mode(config),
+    float(config.get("mixup_alpha", 0.0)),
   )
   predict_fn = jitted_eval_step(config.normalization, options)
 

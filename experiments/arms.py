@@ -1,6 +1,8 @@
 """The arms of the comparison sweep: their names, and where each arm's synthetic images come from.
 
-An arm is `none`, `classic`, or `[classic+]SOURCE[:SAMPLER]`:
+An arm is `none`, or a `+`-joined set of `classic` (geometric and photometric augmentation), `mixup` (batch
+mixup, `config.mixup_alphas`) and at most one `SOURCE[:SAMPLER]` of synthetic images: `classic`, `mixup`,
+`cvae`, `classic+cvae`, `classic+mixup`, ...
 
 * SOURCE is where synthetic images come from:
   - a generator kind of `vaeaug.kinds` (dae, vae, cvae, rvae, rcvae, and any kind registered later),
@@ -26,6 +28,7 @@ from vaeaug import kinds, synthesis
 
 POOL_PREFIX = "pool_"
 NOISE_BLUR = "noise_blur"
+MIXUP = "mixup"
 COUNTERFACTUAL = "counterfactual"
 
 
@@ -35,6 +38,7 @@ class Arm:
   classic: bool  # classic (geometric + photometric) augmentation on
   generator: str | None  # the source of synthetic images (kind, pool_<kind>, noise_blur), if any
   sampler: str | None = None  # the sampler named in the arm, if any (else the source's default)
+  mixup: bool = False  # mixup of each training batch
 
   @property
   def kind(self) -> str | None:
@@ -61,14 +65,14 @@ class Arm:
     if name == "none":
       return cls(name, False, None)
     parts = name.split("+")
-    classic = "classic" in parts
-    rest = [p for p in parts if p != "classic"]
+    classic, mixup = "classic" in parts, MIXUP in parts
+    rest = [p for p in parts if p not in ("classic", MIXUP)]
     if len(parts) != len(set(parts)) or len(rest) > 1:
       raise ValueError(f"unknown arm {name!r}: {usage()}")
     if not rest:
-      return cls(name, classic, None)
+      return cls(name, classic, None, mixup=mixup)
     source, _, sampler = rest[0].partition(":")
-    arm = cls(name, classic, source, sampler or None)
+    arm = cls(name, classic, source, sampler or None, mixup=mixup)
     problem = arm._problem()
     if problem:
       raise ValueError(f"unknown arm {name!r}: {problem}")
@@ -104,7 +108,7 @@ class Arm:
 def usage() -> str:
   generators = [*kinds.names(), *(POOL_PREFIX + k for k in kinds.names() if not kinds.get(k).conditional), NOISE_BLUR]
   return (
-    "use none, classic, or [classic+]SOURCE[:SAMPLER] with SOURCE one of "
+    "use none, or classic, mixup and at most one SOURCE[:SAMPLER] joined by '+', with SOURCE one of "
     f"{', '.join(generators)} and SAMPLER one of {', '.join(sorted(synthesis.SAMPLERS))}"
   )
 
@@ -112,4 +116,4 @@ def usage() -> str:
 def example_names() -> list[str]:
   """A list of arms for messages: none, classic, and each source with and without classic."""
   sources = [*kinds.names(), *(POOL_PREFIX + k for k in kinds.names() if not kinds.get(k).conditional), NOISE_BLUR]
-  return ["none", "classic", *sources, *(f"classic+{s}" for s in sources)]
+  return ["none", "classic", MIXUP, f"classic+{MIXUP}", *sources, *(f"classic+{s}" for s in sources)]

@@ -89,6 +89,7 @@ def cells_of(config) -> list[Cell]:
 
 _NEUTRAL_FIELDS = {
   "compute_dtype": "float32",
+  "mixup_alpha": 0.0,
   "dataset_version": "1.0.0",  # the splits every recorded cell used
   "free_bits": 0.0,
   "pool_validation_fraction": 0.05,
@@ -101,7 +102,10 @@ _NEUTRAL_FIELDS = {
 }
 # Fields added with the pool, counterfactual and noise+blur arms, which no recorded cell used: at these
 # values they are left out of the hash (a changed value, or changed defaults, give a new hash).
-_NEUTRAL_SYNTHESIS = {"blur_sigma": 1.0, "strength": 1.0}
+_NEUTRAL_SYNTHESIS = {"blur_sigma": 1.0, "strength": 1.0, "placement": "mixed", "class_proportions": "equal"}
+# Top-level fields added with protocol v2 (mixup arms, a small validation set): at these values they change
+# no recorded cell, so they are left out of the hash.
+_NEUTRAL_TOP = {"mixup_alphas": [0.2, 1.0], "validation_n_per_class": None}
 _POOL_GENERATOR_AS_ADDED = "94f96b64a6"  # hash of the default/full presets' pool_generator when added
 # Recorded alongside results, never changing them: not hashed.
 _NOT_RESULTS = ("quality",)
@@ -149,6 +153,9 @@ def recipe_of(config_dict: dict) -> dict:
   for key, value in _NEUTRAL_SYNTHESIS.items():
     if recipe.get("synthesis", {}).get(key) == value:
       recipe["synthesis"].pop(key)
+  for key, value in _NEUTRAL_TOP.items():
+    if key in recipe and recipe_lib.plain(recipe[key]) == value:
+      recipe.pop(key)
   if recipe.get("pool_generator", {}).get("dataset_version") == _NEUTRAL_FIELDS["dataset_version"]:
     recipe["pool_generator"].pop("dataset_version")
   if "pool_generator" in recipe and _short_hash(recipe["pool_generator"]) == _POOL_GENERATOR_AS_ADDED:
@@ -354,6 +361,14 @@ class Sweep:
       self.data.splits(dataset)["train"], cell_config(self.config.classifier, dataset, n_per_class, seed)
     )
 
+  def validation(self, dataset: str, seed: int) -> pipeline.ArrayDataset:
+    """The validation images a cell group selects on: the whole validation split, or with
+    `validation_n_per_class` a stratified subset of that many per class drawn with the group's seed (a
+    researcher with few labelled images has a small validation set too)."""
+    validation = self.data.splits(dataset)["validation"]
+    k = self.config.get("validation_n_per_class")
+    return validation if k is None else pipeline.subsample(validation, k, seed)
+
   def group_dir(self, dataset: str, n_per_class, seed: int) -> Path:
     return self.runs / _slug(dataset) / f"n{n_label(n_per_class)}" / f"seed{seed}"
 
@@ -370,7 +385,7 @@ class Sweep:
       real = self.real_train(dataset, n_per_class, seed)
       train = repeat_to(real, self.config.min_epoch_size)
       sub = generator_config(self.config, dataset, n_per_class, seed, kind, len(train))
-      data = generators.Data(train=train, validation=self.data.splits(dataset)["validation"])
+      data = generators.Data(train=train, validation=self.validation(dataset, seed))
       generators.train_generator(sub, workdir, data=data)
     _, model, _ = generators.restore_generator(workdir)
     return model, json.loads(summary_path.read_text())
@@ -398,7 +413,7 @@ class Sweep:
     arm = cell.arm
     path = self._synthetic_path(cell)
     real = self.real_train(*cell.group)
-    per_class = math.ceil(max(self.config.synthesis.synthetic_ratios) * len(real) / real.num_classes)
+    per_class = int(self._per_class(real, max(self.config.synthesis.synthetic_ratios)).max())
     info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
     info_path = Path(str(path) + ".timing.json")
     if not self._synthetic_cached(path):
@@ -483,7 +498,6 @@ class Sweep:
     `experiments.cell_quality`; None when `quality.enabled` is off."""
     if not self.config.quality.enabled:
       return None
-    splits = self.data.splits(cell.dataset)
     generator_sub = checkpoints.read_run_config(generator_dir) if generator_dir is not None else None
     none_classifier = self._none_classifier(cell) if "none" in self.config.arms else None
     return cell_quality.measure(
@@ -491,7 +505,7 @@ class Sweep:
       model=model,
       generator_config=generator_sub,
       synthetic=synthetic,
-      validation=splits["validation"],
+      validation=self.validation(cell.dataset, cell.seed),
       features=self.feature_extractor(cell.dataset),
       classifier=none_classifier,
       filter_report=filter_report,
@@ -532,24 +546,46 @@ class Sweep:
 
   # --- one cell
 
-  def _train_classifier(self, cell: Cell, train: pipeline.ArrayDataset, workdir: Path, *, score_test: bool):
-    splits = self.data.splits(cell.dataset)
-    train = repeat_to(train, self.config.min_epoch_size)
+  def _train_classifier(self, cell: Cell, train, workdir: Path, *, score_test: bool, mixup_alpha: float | None = None):
+    """`train` (an ArrayDataset, or real images with synthetic ones on top: `pipeline.WithExtraRows`) with
+    its real part repeated to `min_epoch_size` rows, the cell's classifier recipe and `mixup_alpha`."""
+    if isinstance(train, pipeline.WithExtraRows):
+      train = dataclasses.replace(train, base=repeat_to(train.base, self.config.min_epoch_size))
+    else:
+      train = repeat_to(train, self.config.min_epoch_size)
     sub = classifier_config(self.config, cell, len(train))
-    data = classifier_train.Data(train=train, validation=splits["validation"], test=splits["test"])
+    if mixup_alpha:
+      sub.mixup_alpha = mixup_alpha
+    data = classifier_train.Data(
+      train=train, validation=self.validation(cell.dataset, cell.seed), test=self.data.splits(cell.dataset)["test"]
+    )
     return classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=score_test), sub
+
+  def _variants(self, cell: Cell) -> list[tuple[float | None, float | None]]:
+    """The (synthetic ratio, mixup alpha) candidates of a cell, one classifier each; the one with the
+    best validation value is the cell's. A single candidate trains in the cell's workdir."""
+    ratios = tuple(self.config.synthesis.synthetic_ratios) if cell.arm.generator else (None,)
+    alphas = tuple(self.config.mixup_alphas) if cell.arm.mixup else (None,)
+    return [(r, a) for r in ratios for a in alphas]
+
+  def _training_data(self, real: pipeline.ArrayDataset, synthetic, ratio: float | None):
+    """(training data, synthetic images used) for a ratio: `synthesis.placement` "on_top" adds them to
+    every batch of the real images (each real image seen as often as without them), "mixed" puts them
+    into the training set (each epoch then holds fewer real images per step)."""
+    if ratio is None:
+      return real, None
+    chosen = self._take_ratio(synthetic, real, ratio)
+    if self.config.synthesis.get("placement", "mixed") == "on_top":
+      return pipeline.WithExtraRows(real, chosen.to_dataset(provenance=False), ratio), chosen
+    return synthesis.combine(real, chosen), chosen
 
   def run_cell(self, cell: Cell) -> dict:
     start, compile_start, data_start = time.perf_counter(), timing.COMPILE_CLOCK.start(), self.data.seconds
     real = self.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
     seconds = {}
-    synthetic_counts, ratio, classifier_dir, quality = None, None, workdir, None
-    fits = []  # the timing of every classifier trained for this cell
-    if cell.arm.generator is None:
-      summary, sub = self._train_classifier(cell, real, workdir, score_test=True)
-      fits.append(summary.get("timing", {}))
-    else:
+    synthetic, quality = None, None
+    if cell.arm.generator is not None:
       synthetic, info = self.synthetic(cell)
       reused = info.get("reused", False)
       seconds.update(
@@ -560,22 +596,23 @@ class Sweep:
         generator_reused=reused,
       )
       quality = info.get("quality")
-      ratios = tuple(self.config.synthesis.synthetic_ratios)
-      candidates = []
-      for r in ratios:
-        chosen = self._take_ratio(synthetic, real, r)
-        train = synthesis.combine(real, chosen)
-        candidate_dir = workdir if len(ratios) == 1 else workdir / f"ratio{r:g}"
-        summary, sub = self._train_classifier(cell, train, candidate_dir, score_test=len(ratios) == 1)
-        fits.append(summary.get("timing", {}))
-        candidates.append((summary["best_validation_value"], r, candidate_dir, train, chosen))
-      if len(ratios) > 1:  # pick on validation, then score test with the chosen classifier only
-        _, ratio, classifier_dir, train, chosen = max(candidates, key=lambda c: (c[0], -c[1]))
-        summary, sub = self._train_classifier(cell, train, classifier_dir, score_test=True)
-        fits.append(summary.get("timing", {}))
-      else:
-        _, ratio, classifier_dir, _, chosen = candidates[0]
-      synthetic_counts = chosen.class_counts()
+    fits = []  # the timing of every classifier trained for this cell
+    variants = self._variants(cell)
+    candidates = []
+    for ratio, alpha in variants:
+      train, chosen = self._training_data(real, synthetic, ratio)
+      candidate_dir = workdir if len(variants) == 1 else workdir / _variant_name(ratio, alpha)
+      summary, sub = self._train_classifier(
+        cell, train, candidate_dir, score_test=len(variants) == 1, mixup_alpha=alpha
+      )
+      fits.append(summary.get("timing", {}))
+      candidates.append((summary["best_validation_value"], ratio, alpha, candidate_dir, train, chosen))
+    # Ties go to the smaller ratio, then the smaller alpha.
+    _, ratio, alpha, classifier_dir, train, chosen = max(candidates, key=lambda c: (c[0], -(c[1] or 0), -(c[2] or 0)))
+    if len(variants) > 1:  # chosen on validation; only the choice scores test
+      summary, sub = self._train_classifier(cell, train, classifier_dir, score_test=True, mixup_alpha=alpha)
+      fits.append(summary.get("timing", {}))
+    synthetic_counts = chosen.class_counts() if chosen is not None else None
     seconds["classifier_seconds"] = summary["seconds"]
     for phase in ("steps", "validation", "checkpoints"):
       seconds[f"classifier_{phase}_seconds"] = round(sum(fit.get(phase, 0.0) for fit in fits), 2)
@@ -587,14 +624,19 @@ class Sweep:
       "seed": cell.seed,
       "arm": cell.arm.name,
       "classic": cell.arm.classic,
+      "mixup": cell.arm.mixup,
       "generator": cell.arm.generator,
       "sampler": cell.arm.sampler_name(self.config.synthesis),
       "pool": cell.arm.pool,
       "image_size": self.config.image_size,
+      "model": self.config.classifier.model,
       "synthetic_ratio": ratio,
+      "mixup_alpha": alpha,
+      "synthetic_placement": self.config.synthesis.get("placement", "mixed") if ratio is not None else None,
       "synthetic_counts": synthetic_counts,
       "real_train_size": len(real),
       "real_class_counts": dict(zip(real.class_names, map(int, real.class_counts()))),
+      "validation_size": len(self.validation(cell.dataset, cell.seed)),
       "threshold": summary["threshold"],
       "best_epoch": summary["best_epoch"],
       "epochs_run": summary["epochs_run"],
@@ -628,9 +670,17 @@ class Sweep:
       workdir = self.group_dir(*cell.group) / f"generator_{cell.arm.kind}"
     return checkpoints.read_run_config(workdir).to_dict()
 
+  def _per_class(self, real: pipeline.ArrayDataset, ratio: float) -> np.ndarray:
+    """Synthetic images per class at `ratio` synthetic images per real one: in the real subset's class
+    proportions (`synthesis.class_proportions` "real"), or split equally over the classes ("equal")."""
+    if self.config.synthesis.get("class_proportions", "equal") == "real":
+      return np.ceil(ratio * real.class_counts()).astype(int)
+    return np.full(real.num_classes, math.ceil(ratio * len(real) / real.num_classes))
+
   def _take_ratio(self, synthetic: synthesis.SyntheticSet, real: pipeline.ArrayDataset, ratio: float):
-    per_class = math.ceil(ratio * len(real) / real.num_classes)
-    keep = np.concatenate([np.flatnonzero(synthetic.labels == c)[:per_class] for c in range(real.num_classes)])
+    """The first images of each class of `synthetic` (sets of smaller ratios are nested in larger ones)."""
+    per_class = self._per_class(real, ratio)
+    keep = np.concatenate([np.flatnonzero(synthetic.labels == c)[: per_class[c]] for c in range(real.num_classes)])
     return synthetic.take(np.sort(keep))
 
   def _cross(self, cell: Cell, workdir: Path, threshold: float) -> dict:
@@ -697,6 +747,12 @@ class Sweep:
     progress_events.close()
     finished = self.finished()  # other shards' cells too
     return {c.key: finished[c.key] for c in all_cells if c.key in finished}
+
+
+def _variant_name(ratio: float | None, alpha: float | None) -> str:
+  """The workdir of one candidate classifier of a cell: `ratio2`, `mixup0.2`, `ratio2_mixup0.2`."""
+  parts = ([f"ratio{ratio:g}"] if ratio is not None else []) + ([f"mixup{alpha:g}"] if alpha is not None else [])
+  return "_".join(parts)
 
 
 def _build_once(workdir: Path, done: Path, build: Callable[[], None]) -> None:

@@ -178,6 +178,7 @@ def _classifier_problems(config, check: _Checker) -> list[str]:
   problems += check.choice(config, "freeze", transfer.FREEZE_MODES, "a freeze mode")
   problems += check.nonnegative(config, "unfreeze_blocks", "an integer >= 0")
   problems += check.nonnegative(config, "backbone_learning_rate_scale")
+  problems += check.nonnegative(config, "mixup_alpha")
   if check.wanted(config, "freeze") and config.freeze in transfer.FREEZE_MODES[1:] and not config.get("pretrained"):
     problems.append(f"{check.path('freeze')}: {config.freeze!r} freezes a pretrained backbone; set config.pretrained")
   if check.wanted(config, "augment") and isinstance(config.augment, str):  # a dict is an AugmentConfig
@@ -290,6 +291,10 @@ def _grid_problems(config, check: _Checker) -> list[str]:
   return problems
 
 
+def _positive_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _sweep_problems(config, check: _Checker) -> list[str]:
   """Everything but the grid: sizes, classic augment, samplers, and the nested configs as cells get them."""
   problems = check.positive(config, "image_size") + check.positive(config, "min_epoch_size")
@@ -305,6 +310,14 @@ def _sweep_problems(config, check: _Checker) -> list[str]:
     or any(not isinstance(r, (int, float)) or r <= 0 for r in ratios)
   ):
     problems.append(f"config.synthesis.synthetic_ratios: {ratios!r} is not a non-empty tuple of positive ratios")
+  problems += synth.choice(config.synthesis, "placement", ("on_top", "mixed"), "a placement")
+  problems += synth.choice(config.synthesis, "class_proportions", ("real", "equal"), "a class proportion rule")
+  alphas = config.get("mixup_alphas", (0.2,))
+  if not isinstance(alphas, (list, tuple)) or not alphas or any(not _positive_number(a) for a in alphas):
+    problems.append(f"config.mixup_alphas: {alphas!r} is not a non-empty tuple of positive numbers")
+  k = config.get("validation_n_per_class")
+  if k is not None:
+    problems += check.n_per_class("config.validation_n_per_class", k)
   # Every cell's nested configs differ only in the per-cell fields (checked in the grid) and the
   # generator kind (an arm's): checking each nested config once covers every cell.
   skip = (*_PER_CELL_FIELDS, *compare_configs.SHARED_FIELDS)

@@ -1,5 +1,6 @@
-"""The comparison sweep: statistics against known values, the grid, a tiny sweep end to end, and
-resume after a kill mid-cell giving the same table as an uninterrupted sweep."""
+"""The comparison sweep: the grid, a tiny sweep end to end, and resume after a kill mid-cell giving the same
+table as an uninterrupted sweep. Its statistics are tested in tests/test_stats.py, its tables and figures in
+tests/test_tables.py."""
 
 import json
 import os
@@ -11,100 +12,13 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
 
-from experiments import stats, sweep, tables
+from experiments import sweep
 from experiments.configs import compare as compare_config
 from vaeaug import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def test_paired_t_test_matches_the_textbook_value():
-  # d = 1..5: mean 3, sd sqrt(2.5), t = 4.2426 on 4 degrees of freedom -> two-sided p = 0.01324.
-  assert stats.paired_t_p_value([1, 2, 3, 4, 5], [0] * 5) == pytest.approx(0.013236, abs=1e-5)
-  assert stats.paired_t_p_value([2, 3, 4], [1, 2, 3]) == 0.0  # constant non-zero difference
-  assert stats.paired_t_p_value([1, 2, 3], [1, 2, 3]) == 1.0
-
-
-def test_sign_flip_test_is_exact_for_small_samples():
-  # All five differences positive: only the all-plus and all-minus patterns are as extreme -> 2/32.
-  assert stats.sign_flip_p_value([1, 2, 3, 4, 5], [0] * 5) == pytest.approx(2 / 32)
-  # d = (1, -1, 2), sum 2: the 8 signed sums are +-2, +-2, +-4, 0, 0 -> 6 of 8 reach |2|.
-  assert stats.sign_flip_p_value([1, -1, 2], [0, 0, 0]) == pytest.approx(0.75)
-  assert stats.sign_flip_p_value([0.3, -0.3], [0, 0]) == 1.0
-
-
-def test_sign_flip_monte_carlo_agrees_with_exact():
-  d = np.random.default_rng(0).normal(0.4, 1.0, 14)
-  exact = stats.sign_flip_p_value(d, np.zeros_like(d))
-  approx = stats.sign_flip_p_value(d, np.zeros_like(d), exact_max=4, resamples=200_000)
-  assert approx == pytest.approx(exact, abs=0.005)
-
-
-def test_t_interval_matches_known_quantile():
-  mean, half = stats.mean_ci([1, 2, 3, 4, 5])
-  # t(0.975, 4) = 2.776445; sd/sqrt(n) = sqrt(2.5/5).
-  assert mean == 3.0 and half == pytest.approx(2.776445 * np.sqrt(0.5), rel=1e-6)
-  assert np.isnan(stats.mean_ci([0.7])[1])
-  assert stats.mean_ci([0.5, np.nan, 0.7])[0] == pytest.approx(0.6)  # a missing seed is skipped
-
-
-def test_bounded_t_interval_is_scipys_t_interval_clipped_to_the_range():
-  from scipy import stats as scipy_stats
-
-  values = [0.81, 0.86, 0.9]
-  expected = scipy_stats.t.interval(0.95, df=2, loc=np.mean(values), scale=scipy_stats.sem(values))
-  mean, lower, upper = stats.mean_ci_bounded(values)
-  assert mean == pytest.approx(np.mean(values)) and (lower, upper) == pytest.approx(expected, rel=1e-9)
-  # Two seeds: t has 1 degree of freedom (t(.975) = 12.71), so the plain interval is .588 +- 4.93.
-  assert stats.mean_ci([0.2, 0.976])[1] == pytest.approx(12.7062 * 0.388, rel=1e-4)
-  assert stats.mean_ci_bounded([0.2, 0.976]) == pytest.approx((0.588, 0.0, 1.0))
-  assert stats.mean_ci_bounded([0.97, 0.99, 0.999]) == pytest.approx((0.986333, 0.9494, 1.0), abs=1e-4)
-  assert stats.mean_ci_bounded([0.1, 0.3], lower=-1, upper=1)[1:] == pytest.approx((-1.0, 1.0))
-  assert np.isnan(stats.mean_ci_bounded([0.7])[1:]).all()
-
-
-def test_tables_keep_intervals_of_proportions_inside_zero_one():
-  config = compare_config.get_config("tiny")
-  config.arms, config.num_seeds = ("none", "classic"), 2
-  cells = sweep.cells_of(config)
-  records = {}
-  for cell in cells:
-    value = (0.2, 0.976)[cell.seed - config.first_seed] if cell.arm.name == "none" else 0.9 + 0.01 * cell.seed
-    records[cell.key] = {"test": {m: value for m in tables.stats_metrics()}}
-  summary = tables.summarize(cells, records)
-  none = next(r for r in summary["rows"] if r["arm"] == "none")
-  spec = none["specificity"]
-  assert (spec["ci_lower"], spec["ci_upper"], spec["ci_clipped"]) == (0.0, 1.0, True)
-  assert spec["ci95"] > 4  # the plain half-width is still there for consumers
-  classic = next(r for r in summary["rows"] if r["arm"] == "classic")["specificity"]
-  assert not classic["ci_clipped"] and classic["ci_lower"] == pytest.approx(classic["mean"] - classic["ci95"])
-  markdown = tables.table_markdown(summary)
-  assert "0.588 [0.000, 1.000]" in markdown and "0.588 ±" not in markdown and "clipped" in markdown
-  header, *rows = [line.split(",") for line in tables.table_csv(summary).splitlines()]
-  row = dict(zip(header, rows[0]))
-  assert (row["specificity_ci_lower"], row["specificity_ci_upper"]) == ("0", "1")
-  for name, value in row.items():  # every interval end of a metric in [0, 1], every difference in [-1, 1]
-    if value and ("_ci_" in name or name.endswith("_mean")):
-      assert -1 <= float(value) <= 1 and ("_diff_" in name or 0 <= float(value)), (name, value)
-
-
-def test_bootstrap_interval_covers_like_the_normal_interval():
-  rng = np.random.default_rng(1)
-  a, b = rng.normal(1.0, 2.0, 400), np.zeros(400)
-  mean, lower, upper = stats.paired_bootstrap_ci(a, b, seed=3)
-  se = a.std(ddof=1) / np.sqrt(a.size)
-  assert mean == pytest.approx(a.mean())
-  assert lower == pytest.approx(mean - 1.96 * se, abs=0.25 * se)
-  assert upper == pytest.approx(mean + 1.96 * se, abs=0.25 * se)
-  assert stats.paired_bootstrap_ci([0.8, 0.9, 0.7], [0.7, 0.8, 0.6])[1:] == pytest.approx((0.1, 0.1))
-  with pytest.raises(ValueError, match="equal lengths"):
-    stats.paired_bootstrap_ci([1, 2], [1])
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -160,28 +74,6 @@ def test_presets_build():
   assert set(full.arms) == set(compare_config.ALL_ARMS) and full.num_seeds >= 5
   with pytest.raises(ValueError, match="unknown compare preset"):
     compare_config.get_config("huge")
-
-
-def test_tables_pair_arms_by_seed():
-  config = compare_config.get_config("tiny")
-  config.arms, config.num_seeds = ("none", "classic"), 4
-  cells = sweep.cells_of(config)
-  rng = np.random.default_rng(0)
-  records = {}
-  for cell in cells:
-    base = 0.6 + 0.1 * cell.seed  # large seed effect, constant +0.02 effect of the arm
-    value = base + (0.02 if cell.arm.name == "classic" else 0.0) + rng.normal(0, 1e-9)
-    records[cell.key] = {"test": {m: value for m in tables.stats_metrics()}}
-  summary = tables.summarize(cells, records)
-  classic = next(r for r in summary["rows"] if r["arm"] == "classic")
-  diff = classic["differences"]["none"]["balanced_accuracy"]
-  assert diff["mean_difference"] == pytest.approx(0.02, abs=1e-6)
-  # Paired: the seed effect cancels, so the interval is tight although the arms' own CIs are wide.
-  assert diff["ci_upper"] - diff["ci_lower"] < 1e-6 < classic["balanced_accuracy"]["ci95"]
-  assert diff["p_value"] == pytest.approx(2 / 16)
-  markdown = tables.table_markdown(summary)
-  assert "+0.020" in markdown and "n_per_class = 12" in markdown
-  assert tables.table_csv(summary).count("\n") == 1 + 2
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -71,6 +71,7 @@ def test_sweep_hashes_are_unchanged():
     config = compare_config.get_config(preset)
     current = sweep.config_hash(config)
     config.dataset_version = "1.0.0"
+    config.synthesis.update(placement="mixed", class_proportions="equal")  # the v1 protocol (full sets it)
     assert sweep.config_hash(config) == recorded and current != recorded
 
 

@@ -164,6 +164,7 @@ def test_config_hash_of_the_committed_results_is_unchanged():
   for preset, recorded in (("full", "7619e9a3df"), ("default", "b378ce168f")):
     config = compare_config.get_config(preset)
     config.dataset_version = "1.0.0"
+    config.synthesis.update(placement="mixed", class_proportions="equal")  # the v1 protocol (full sets it)
     assert sweep.config_hash(config) == recorded
   base = sweep.config_hash(parse_compare())
   assert sweep.config_hash(parse_compare("--config.num_devices=1", "--config.data_dir=/x")) == base  # how, not what

@@ -25,6 +25,7 @@ def get_config():
   config.label_smoothing = 0.0
   config.class_weights = "none"  # none, balanced, or comma-separated weights per class "1,3"
   config.augment = "none"  # preset of vaeaug.data.augment.PRESETS (none, flip, keras, standard)
+  config.mixup_alpha = 0.0  # > 0: mixup of every training batch, weights ~ Beta(alpha, alpha)
 
   # Model selection on validation only: the epoch with the best `selection_metric` is kept, and
   # training stops after `patience` epochs without an improvement of at least `min_delta`.

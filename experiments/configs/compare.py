@@ -15,17 +15,20 @@ as `--config.num_devices=1` reaches the training of every cell. `data_seed` None
 own real subset; set, every seed trains on the one subset it draws (initialisation and data order
 still vary with the seed).
 
-Arms (experiments/arms.py): `none`, `classic`, and `[classic+]SOURCE[:SAMPLER]` with SOURCE a generator
-kind of vaeaug.kinds trained on the cell's subset (dae, vae, cvae, rvae, rcvae), `pool_<kind>` (pretrained
-once on the unlabeled face pool with `pool_generator`, shared by every cell) or `noise_blur` (a control
-without a model), e.g. `--config.arms='("none","classic","noise_blur","pool_rvae","pool_rvae:counterfactual")'`.
+Arms (experiments/arms.py): `none`, or `classic`, `mixup` and at most one `SOURCE[:SAMPLER]` joined by `+`,
+with SOURCE a generator kind of vaeaug.kinds trained on the cell's subset (dae, vae, cvae, rvae, rcvae),
+`pool_<kind>` (pretrained once on the unlabeled face pool with `pool_generator`, shared by every cell) or
+`noise_blur` (a control without a model), e.g.
+`--config.arms='("none","classic","mixup","noise_blur","pool_rvae","pool_rvae:counterfactual")'`.
 Counterfactual arms need the `none` arm: its classifier filters them. `quality` records each synthetic
 set's validation quality in cells.jsonl.
 
 A cell is (dataset, n_per_class, arm, seed). For one (dataset, n_per_class, seed) every arm sees the
 same real training subset (stratified, nested over n_per_class), the same classifier initialisation
-and the same data order, so arms are compared *paired by seed*. A generator (DAE, VAE, CVAE) is
-trained on exactly that real subset (never on validation or test) and shared by the arms using it.
+and the same real images in the same order (`synthesis.placement` "on_top": synthetic images are added
+to every batch, never in place of real ones), so arms are compared *paired by seed*. A generator (DAE,
+VAE, CVAE) is trained on exactly that real subset (never on validation or test) and shared by the arms
+using it.
 
 Presets (2-core CPU figures measured with the commands above; see experiments/results/README.md):
 * default - face_mask_detection/2classes at 32 px, 50 images per class, arms none / classic / cvae /
@@ -36,10 +39,18 @@ Presets (2-core CPU figures measured with the commands above; see experiments/re
   seeds at 50 per class cannot separate arms (balanced accuracy moves by ~.03 between seeds there:
   "Facts the design relies on" in experiments/results/README.md); it shows the machinery, `full`
   answers the question.
-* full - n_per_class 25 / 50 / 100 / 250 / all x all six arms x 5 seeds on face_mask_detection/2classes
+* full - (v1, superseded by v2) n_per_class 25 / 50 / 100 / 250 / all x all six arms x 5 seeds on face_mask_detection/2classes
   and face_mask12k/grouped, each cell also tested on the other datasets' test splits (cross-dataset
   table). About 1.5-2 hours on a 2-core CPU (`--shards=auto`: one single-core process per core, the
   fastest CPU mode); runs in the background and resumes when rerun.
+* v2 - the decisive study (protocol v2, experiments/results/README.md): face_mask_detection/2classes and
+  face_mask12k/grouped, n_per_class 25 / 50 / 100, arms V2_ARMS, 20 seeds, 32 px, cnn_bn3, classifiers
+  and generators trained until early stopping, synthetic ratio (0.5 / 1 / 2) and mixup alpha (0.2 / 1)
+  chosen per cell on validation. Resumable and shardable: run in sittings with `--shards=auto`;
+  `--tables_only` rebuilds experiments/results/v2 from its cells.jsonl.
+  v2_large_n (250 and all per class, 5 seeds), v2_resnet18 (resnet18_small, detection, 50 per class,
+  5 seeds), v2_64px (detection, 50 per class, 10 seeds at 64 px) and v2_small_validation (detection,
+  50 per class, selection on 50 validation images per class) are its checks, each in its own workdir.
 * gpu - the full grid at 64 px with ResNet-18 (small-image stem) and full-width autoencoders,
   10 seeds: for a GPU/TPU job.
 * tiny - 16 px, two seeds, a few steps: for tests.
@@ -100,9 +111,9 @@ def get_config(preset: str = "default"):
   # Test every cell also on these datasets' test splits (except its own): the cross-dataset table.
   config.cross_test_datasets = ()
 
-  # Small training subsets are repeated to at least this many images per epoch, so an epoch (one
-  # validation check) is a few steps, whatever n_per_class is, and the arms of a
-  # cell get the same number of steps while real + synthetic stays below this size.
+  # Small real subsets are repeated to at least this many images per epoch, so an epoch (one validation
+  # check) is a few steps whatever n_per_class is. With synthesis.placement "on_top" every arm of a cell
+  # runs the same steps per epoch, over the same real images.
   config.min_epoch_size = 1024
   # Persistent XLA compilation cache shared by all cells (and reruns); "" disables it.
   config.compilation_cache_dir = "~/.cache/vaeaug/jax"
@@ -122,6 +133,11 @@ def get_config(preset: str = "default"):
   config.classifier.max_steps = 600  # caps epochs on large training sets
   config.classifier.figures = False
   config.classic_augment = "standard"  # vaeaug.data.augment preset for the "classic" arms
+  # Mixup arms: one classifier per alpha, the cell keeps the one with the best validation ROC-AUC.
+  config.mixup_alphas = (0.2, 1.0)
+  # None: select on the whole validation split; k: on k validation images per class drawn with each seed
+  # (as small as the training set: what a researcher with few labelled images can hold out).
+  config.validation_n_per_class = ml_collections.config_dict.placeholder(int)
 
   config.generator.latent_dim = 32
   config.generator.channels = (16, 32, 64)
@@ -132,9 +148,14 @@ def get_config(preset: str = "default"):
   config.generator.figures = False
 
   config.synthesis = ml_collections.ConfigDict()
-  # Synthetic images per real training image (split equally over the classes); several values:
-  # chosen per cell on validation ROC-AUC.
+  # Synthetic images per real training image; several values: chosen per cell on validation ROC-AUC.
   config.synthesis.synthetic_ratios = (1.0,)
+  # on_top: every batch holds the real images the `none` arm's batch holds, in the same order, plus
+  # ratio x as many synthetic ones, so each arm sees each real image equally often; mixed: synthetic
+  # images join the training set (the v1 protocol: fewer real images per step).
+  config.synthesis.placement = "on_top"
+  # real: synthetic images in the real subset's class proportions; equal: split equally (v1).
+  config.synthesis.class_proportions = "real"
   config.synthesis.dae_sampler = "denoise"  # a DAE has no prior: it re-noises and denoises real images
   config.synthesis.vae_sampler = "gmm"  # unconditional VAE: a per-class Gaussian mixture in latent space
   config.synthesis.cvae_sampler = "prior"  # CVAE: z ~ N(0, I) decoded with the wanted label
@@ -174,6 +195,9 @@ def get_config(preset: str = "default"):
   if preset == "default":
     pass
   elif preset == "full":
+    # The v1 study (superseded by v2): synthetic images joined the training set, split equally over classes.
+    config.synthesis.placement = "mixed"
+    config.synthesis.class_proportions = "equal"
     config.datasets = DATASETS[:2]
     config.n_per_class = (25, 50, 100, 250, None)
     config.arms = ALL_ARMS
@@ -184,6 +208,8 @@ def get_config(preset: str = "default"):
     config.classifier.patience = 6
     config.generator.max_steps = 240
     config.generator.patience = 4
+  elif preset in V2_PRESETS:
+    _v2(config, preset)
   elif preset == "gpu":
     config.datasets = DATASETS[:2]
     config.n_per_class = (25, 50, 100, 250, None)
@@ -219,5 +245,60 @@ def get_config(preset: str = "default"):
     config.classifier.batch_size = 16
     config.classifier.max_steps = 12
   else:
-    raise ValueError(f"unknown compare preset {preset!r}; choose default, full, gpu or tiny")
+    raise ValueError(f"unknown compare preset {preset!r}; choose default, full, {', '.join(V2_PRESETS)}, gpu or tiny")
   return config
+
+
+V2_ARMS = (
+  "none",
+  "classic",
+  "mixup",
+  "noise_blur",
+  "pool_dae",
+  "pool_rvae",
+  "pool_rvae:counterfactual",
+  "cvae",
+  "classic+pool_rvae",
+  "classic+cvae",
+)
+V2_PRESETS = ("v2", "v2_large_n", "v2_resnet18", "v2_64px", "v2_small_validation")
+
+
+def _v2(config, preset: str) -> None:
+  """Protocol v2 (experiments/results/README.md, "Protocol v2"): converged classifiers, synthetic images on
+  top of the real ones in the real class proportions, ratio and mixup alpha chosen per cell on validation."""
+  config.datasets = DATASETS[:2]
+  config.n_per_class = (25, 50, 100)
+  config.arms = V2_ARMS
+  config.num_seeds = 20
+  config.image_size = 32
+  config.cross_test_datasets = DATASETS
+  config.synthesis.synthetic_ratios = (0.5, 1.0, 2.0)
+  # Early stopping ends training: the caps are a safety net (reported per arm as `capped`).
+  config.classifier.epochs = 200
+  config.classifier.patience = 10
+  # Validation ROC-AUC creeps up by 1e-4 steps for a hundred epochs at 25 images per class: only a gain of
+  # .001 counts as progress (the best epoch is the first within .001 of the best).
+  config.classifier.min_delta = 0.001
+  config.classifier.max_steps = 5000
+  config.generator.epochs = 200
+  config.generator.patience = 8
+  config.generator.max_steps = 5000
+  config.quality.cas = False  # one more classifier per synthetic set; Frechet and k-NN precision/recall stay
+  if preset == "v2_large_n":  # the classifiers trained properly on more data: 5 seeds
+    config.n_per_class = (250, None)
+    config.num_seeds = 5
+  elif preset == "v2_resnet18":  # does the answer hinge on the classifier?
+    config.datasets = DATASETS[:1]
+    config.n_per_class = (50,)
+    config.num_seeds = 5
+    config.classifier.model = "resnet18_small"
+  elif preset == "v2_64px":
+    config.datasets = DATASETS[:1]
+    config.n_per_class = (50,)
+    config.num_seeds = 10
+    config.image_size = 64
+  elif preset == "v2_small_validation":  # as many validation images as training images
+    config.datasets = DATASETS[:1]
+    config.n_per_class = (50,)
+    config.validation_n_per_class = 50

@@ -946,3 +946,100 @@ def _batch_iter(images, labels, order, batch_size, start_batch, total, remainder
       "mask": mask,
       "index": np.where(mask, src, -1).astype(np.int64),
     }
+
+
+# ---------------------------------------------------------------------------
+# Extra rows on top of every batch
+# ---------------------------------------------------------------------------
+
+
+def extra_rows_per_batch(ratio: float, batch_size: int, multiple: int = 1) -> int:
+  """Extra rows that go with a batch of `batch_size` base rows at `ratio` extra rows per base row:
+  the nearest multiple of `multiple` (the device count, so the whole batch splits evenly), at least
+  `multiple` for any positive ratio."""
+  if not ratio > 0:
+    raise ValueError(f"extra-row ratio must be positive, got {ratio!r}")
+  return max(multiple, multiple * round(ratio * batch_size / multiple))
+
+
+@dataclasses.dataclass(frozen=True)
+class WithExtraRows:
+  """Training data whose every batch is the batch :func:`epoch_batches` gives for `base` alone, followed
+  by extra rows drawn from `extra` (e.g. synthetic images).
+
+  The base rows of a batch do not depend on `extra` at all, so a run with extra rows sees each base
+  image exactly as often, and in the same order, as a run on `base` alone: the extra rows come on
+  top rather than in place of base rows. An epoch is an epoch of `base`. Each epoch's extra rows run
+  through shuffled copies of `extra` (order from ``(seed, epoch)`` only, so a resumed run gets the same
+  rows); with ``len(extra) = ratio * len(base)``, every extra image is seen about once per epoch.
+  """
+
+  base: ArrayDataset
+  extra: ArrayDataset
+  ratio: float  # extra rows per base row in every batch
+
+  def __post_init__(self):
+    if self.base.class_names != self.extra.class_names:
+      raise ValueError(f"class_names differ: {self.base.class_names} vs {self.extra.class_names}")
+    if self.base.image_shape != self.extra.image_shape:
+      raise ValueError(f"image shapes differ: {self.base.image_shape} vs {self.extra.image_shape}")
+    if len(self.extra) == 0:
+      raise ValueError("no extra rows to add")
+    extra_rows_per_batch(self.ratio, 1)  # a positive ratio
+
+  def __len__(self) -> int:
+    return len(self.base)
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.base.labels
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.base.class_names
+
+  @property
+  def num_classes(self) -> int:
+    return self.base.num_classes
+
+  def epoch_batches(
+    self,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    multiple: int = 1,
+  ) -> Iterator[dict[str, np.ndarray]]:
+    """Training batches of one epoch (full batches only): `batch_size` base rows plus
+    `extra_rows_per_batch(ratio, batch_size, multiple)` extra rows, this process's share of each."""
+    extra = extra_rows_per_batch(self.ratio, batch_size, multiple)
+    if extra % process_count:
+      raise ValueError(f"{extra} extra rows per batch do not split over {process_count} processes")
+    base = epoch_batches(
+      self.base,
+      batch_size,
+      seed=seed,
+      epoch=epoch,
+      remainder="drop",
+      start_batch=start_batch,
+      process_index=process_index,
+      process_count=process_count,
+    )
+    total = num_batches(len(self.base), batch_size, "drop")
+    copies = math.ceil(total * extra / len(self.extra))
+    # A stream of its own: (seed, epoch, 1) never equals the base order's (seed, epoch).
+    rng = np.random.default_rng([_check_seed(seed), _check_seed(epoch, "epoch"), 1])
+    order = np.concatenate([rng.permutation(len(self.extra)) for _ in range(copies)])
+    local = extra // process_count
+    for b, batch in enumerate(base, start=start_batch):
+      rows = order[b * extra : (b + 1) * extra][process_index * local : (process_index + 1) * local]
+      yield {
+        "image": np.concatenate([batch["image"], self.extra.images[rows]]),
+        "label": np.concatenate([batch["label"], self.extra.labels[rows].astype(np.int32)]),
+        "mask": np.concatenate([batch["mask"], np.ones(local, bool)]),
+        # Extra rows are not rows of the base dataset: -1, like padding.
+        "index": np.concatenate([batch["index"], np.full(local, -1, np.int64)]),
+      }

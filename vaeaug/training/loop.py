@@ -164,7 +164,8 @@ def fit(
   hparams: dict | None = None,
   epoch_hook: Callable | None = None,
 ) -> FitResult:
-  """Train `state` on `train_data` (an ArrayDataset or {"image", "label"} arrays) in `workdir`.
+  """Train `state` on `train_data` (an ArrayDataset, {"image", "label"} arrays, or `pipeline.WithExtraRows`:
+  extra rows on top of every batch) in `workdir`.
 
   Besides `metrics.jsonl`, the workdir gets TensorBoard event files with the same train and validation
   scalars and, if given, `hparams` (the run's config as a dict). `epoch_hook(state, epoch, step,
@@ -181,6 +182,9 @@ def fit(
   if steps_per_epoch == 0:
     raise ValueError(f"batch size {config.batch_size} is larger than the training set ({n} examples)")
   total_steps = steps_per_epoch * config.epochs
+  rows_per_step = config.batch_size
+  if isinstance(train_data, pipeline.WithExtraRows):
+    rows_per_step += pipeline.extra_rows_per_batch(train_data.ratio, config.batch_size, mesh.devices.size)
   is_chief = jax.process_index() == 0
   base_key = jax.random.key(config.seed)
 
@@ -254,7 +258,7 @@ def fit(
           )
       elapsed = time.perf_counter() - interval_start
       mean = {name: float(np.mean([values[name] for values in fetched])) for name in fetched[0]}
-      rate = interval_steps * config.batch_size / elapsed if elapsed > 0 else float("nan")
+      rate = interval_steps * rows_per_step / elapsed if elapsed > 0 else float("nan")
       line = {"split": "train", "step": step_now, "epoch": epoch, **mean, "img_per_s": round(rate, 1)}
       writer.write(line)
       events.write(line)
@@ -266,16 +270,17 @@ def fit(
     epoch = record["epochs_done"]
     start_batch = step - epoch * steps_per_epoch if not record["finished"] else 0
     while not record["finished"] and epoch < config.epochs:
-      batches = pipeline.epoch_batches(
-        train_data,
-        config.batch_size,
+      where_in_run = dict(
         seed=config.seed,
         epoch=epoch,
-        remainder="drop",
         start_batch=start_batch,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
       )
+      if isinstance(train_data, pipeline.WithExtraRows):  # extra rows on top: the batch grows by them
+        batches = train_data.epoch_batches(config.batch_size, multiple=mesh.devices.size, **where_in_run)
+      else:
+        batches = pipeline.epoch_batches(train_data, config.batch_size, remainder="drop", **where_in_run)
       # The next batch is gathered and sent to the devices while this step runs.
       prefetched = sharding.prefetch_to_device(batches, mesh, size=PREFETCH_BATCHES, keys=("image", "label"))
       with phases.phase("steps"):  # the input and saves inside book to their own phases

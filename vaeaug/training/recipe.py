@@ -43,11 +43,12 @@ NEUTRAL = {
   "freeze": "none",
   "unfreeze_blocks": 0,
   "backbone_learning_rate_scale": 0.1,
+  "mixup_alpha": 0.0,
 }
 _ABSENT = object()
 
 
-def _plain(value):
+def plain(value):
   """`value` as config.json holds it (tuples as lists, unknown types as strings)."""
   return json.loads(json.dumps(value, default=str))
 
@@ -64,7 +65,7 @@ def result_fields(config_dict: Mapping) -> dict:
 def changed(recorded: Mapping, new: Mapping, prefix: str = "") -> list[str]:
   """Every field (dotted name) whose value differs, as `field: recorded -> new`; a field missing on
   one side is `(absent)` there, unless the other side holds its neutral value."""
-  recorded, new = _plain(dict(recorded)), _plain(dict(new))
+  recorded, new = plain(dict(recorded)), plain(dict(new))
   lines = []
   for key in sorted(set(recorded) | set(new), key=str):
     name = f"{prefix}{key}"
