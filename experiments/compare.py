@@ -60,6 +60,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   config = _CONFIG.value
+  if config.distributed:  # before anything starts JAX's backends (the config check traces models)
+    sharding.initialize_distributed()
   # Every cell's config before the first trains (only the grid for --tables_only, which trains nothing).
   exit_on_config_error(validation.validate_compare_config, config, grid_only=_TABLES_ONLY.value)
   try:
@@ -69,8 +71,6 @@ def main(argv):
     usage_error(f"{error}; pass --workdir=DIR")
   if _TABLES_ONLY.value and not (workdir / "cells.jsonl").is_file():
     usage_error(f"--tables_only: no cells.jsonl in {workdir} (run the sweep first, or pass its --workdir)")
-  if config.distributed:
-    sharding.initialize_distributed()
   try:
     shards = shards_lib.parse_shards(_SHARDS.value)
   except ValueError as error:

@@ -35,6 +35,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   config = _CONFIG.value
+  if config.distributed:  # before anything starts JAX's backends (the config check traces the model)
+    sharding.initialize_distributed()
   try:  # the whole config, before the workdir is made
     config = transfer.resolve(config)  # a pretrained checkpoint's input size, normalisation, options
     validation.validate_classifier_config(config)
@@ -44,8 +46,6 @@ def main(argv):
   except validation.ConfigError as error:
     print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
     sys.exit(2)
-  if config.distributed:
-    sharding.initialize_distributed()
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except run_lib.WorkdirConfigMismatch as error:

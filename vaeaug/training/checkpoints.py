@@ -254,7 +254,14 @@ def restore_best_state(workdir: str | os.PathLike, make_state: Callable[[ml_coll
       raise FileNotFoundError(f"{workdir / name}: missing; is {workdir} a training workdir?")
   config = read_run_config(workdir)
   class_names = tuple(json.loads((workdir / "class_names.json").read_text()))
-  state = jax.eval_shape(lambda: make_state(config, len(class_names)))
+  # Every array onto this process's first device, whichever devices wrote it: without a target
+  # sharding orbax wants the saving topology back (a run of several processes on a cluster, read
+  # on one machine, would be "no readable checkpoint").
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  state = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device) if isinstance(x, jax.ShapeDtypeStruct) else x,
+    jax.eval_shape(lambda: make_state(config, len(class_names))),
+  )
   best = {"params": state.params, "model_state": state.model_state}
   checkpointer = Checkpointer(workdir / "checkpoints")
   restored = checkpointer.restore_latest(state, best, set_aside=False)  # reading: change nothing

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
+import socket
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 import jax
@@ -23,12 +26,66 @@ def initialize_distributed(
   coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> None:
   """`jax.distributed.initialize` (arguments come from the cluster environment when omitted:
-  SLURM, TPU pods, Open MPI); on CPU, collectives go through gloo."""
+  SLURM, TPU pods, Open MPI); on CPU, collectives go through gloo. Call it before anything starts
+  JAX's backends (a device query, a trace, a computation).
+
+  Under SLURM (`srun`, one process per task) the coordinator is the step's first node, on a port
+  derived from the job id (`$JAX_COORDINATOR_PORT` or `$JAX_COORDINATOR_ADDRESS` override it): a
+  node name that does not resolve, or a launch without `srun`, fails here at once with what to do,
+  instead of after jax's five-minute connection timeout. SIGTERM (`scancel`, a time limit) stops
+  the processes. Each process prints one line to stderr: its index, the process count and the
+  coordinator.
+  """
   # Only affects CPU collectives; must be set before the backends start.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # jax's preemption service catches SIGTERM and waits for the program to ask whether it reached a
+  # sync point, which the training loop never does: `scancel` or a time limit would leave every
+  # process training (and writing the workdir) until SLURM's SIGKILL, KillWait seconds later. Off,
+  # SIGTERM stops a process at once and a resubmitted job resumes from the last checkpoint.
+  jax.config.update("jax_enable_preemption_service", False)
+  if coordinator_address is None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    _check_slurm_environment()
   jax.distributed.initialize(
     coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
   )
+  from jax._src import distributed  # the address jax settled on, for the line below
+
+  print(
+    f"jax.distributed: process {jax.process_index()} of {jax.process_count()} "
+    f"(coordinator {getattr(distributed.global_state, 'coordinator_address', None)})",
+    file=sys.stderr,
+    flush=True,
+  )
+
+
+def _check_slurm_environment() -> None:
+  """Inside a SLURM job: the step environment jax's SLURM detection needs, and a coordinator name
+  that resolves; a RuntimeError naming the fix otherwise. Other launchers jax detects first (an
+  Open MPI `mpirun` inside an allocation) are left to jax."""
+  if "SLURM_JOB_ID" not in os.environ:
+    return
+  from jax._src import clusters
+
+  detected = next(
+    (env for env in clusters.ClusterEnv._cluster_types if not env.opt_in_only_method and env.is_env_present()), None
+  )
+  if detected is None:
+    raise RuntimeError(
+      "jax.distributed in a SLURM job needs a job step's environment (SLURM_STEP_NODELIST, SLURM_NTASKS, "
+      "SLURM_PROCID, SLURM_LOCALID): start the processes with srun, one per task"
+    )
+  if detected is not clusters.SlurmCluster:
+    return
+  address = clusters.SlurmCluster.get_coordinator_address(None, os.environ.get("JAX_COORDINATOR_PORT"))
+  host = address.rsplit(":", 1)[0]
+  try:
+    socket.getaddrinfo(host, None)
+  except OSError as error:
+    raise RuntimeError(
+      f"jax.distributed's coordinator is the job's first node, {host!r}, but that name does not resolve on "
+      f"{socket.gethostname()} ({error}); make node names resolve (DNS or /etc/hosts), or set "
+      "JAX_COORDINATOR_ADDRESS=IP:PORT of the first node in the job"
+    ) from None
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
