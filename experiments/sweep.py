@@ -69,8 +69,9 @@ def cells_of(config) -> list[Cell]:
   arms = [Arm.parse(a) for a in config.arms]
   if len({a.name for a in arms}) != len(arms):
     raise ValueError(f"duplicate arms in {tuple(config.arms)}")
-  if config.synthesis.filter_tau > 0 and any(a.generator for a in arms) and "none" not in config.arms:
-    raise ValueError("synthesis.filter_tau > 0 filters with each cell's 'none' classifier: add the 'none' arm")
+  filtering = config.synthesis.filter_tau > 0 or any(t > 0 for t in config.synthesis.get("filter_taus", ()))
+  if filtering and any(a.generator for a in arms) and "none" not in config.arms:
+    raise ValueError("synthesis.filter_tau(s) > 0 filter with each cell's 'none' classifier: add the 'none' arm")
   counterfactual = [a.name for a in arms if a.sampler_name(config.synthesis) == arms_lib.COUNTERFACTUAL]
   if counterfactual and "none" not in config.arms:
     raise ValueError(f"{', '.join(counterfactual)} keep what each cell's 'none' classifier agrees with: add 'none'")
@@ -102,7 +103,13 @@ _NEUTRAL_FIELDS = {
 }
 # Fields added with the pool, counterfactual and noise+blur arms, which no recorded cell used: at these
 # values they are left out of the hash (a changed value, or changed defaults, give a new hash).
-_NEUTRAL_SYNTHESIS = {"blur_sigma": 1.0, "strength": 1.0, "placement": "mixed", "class_proportions": "equal"}
+_NEUTRAL_SYNTHESIS = {
+  "blur_sigma": 1.0,
+  "strength": 1.0,
+  "placement": "mixed",
+  "class_proportions": "equal",
+  "filter_taus": [],
+}
 # Top-level fields added with protocol v2 (mixup arms, a small validation set): at these values they change
 # no recorded cell, so they are left out of the hash.
 _NEUTRAL_TOP = {"mixup_alphas": [0.2, 1.0], "validation_n_per_class": None}
@@ -151,7 +158,7 @@ def recipe_of(config_dict: dict) -> dict:
   for key in _NOT_RESULTS:
     recipe.pop(key, None)
   for key, value in _NEUTRAL_SYNTHESIS.items():
-    if recipe.get("synthesis", {}).get(key) == value:
+    if key in recipe.get("synthesis", {}) and recipe_lib.plain(recipe["synthesis"][key]) == value:
       recipe["synthesis"].pop(key)
   for key, value in _NEUTRAL_TOP.items():
     if key in recipe and recipe_lib.plain(recipe[key]) == value:
@@ -404,14 +411,16 @@ class Sweep:
     _, model, _ = generators.restore_generator(workdir)
     return model, json.loads(summary_path.read_text()), workdir
 
-  def _synthetic_path(self, cell: Cell) -> Path:
-    return self.group_dir(*cell.group) / f"synthetic_{cell.arm.source}.npz"
+  def _synthetic_path(self, cell: Cell, tau: float | None = None) -> Path:
+    suffix = f"_tau{tau:g}" if tau else ""  # a filter candidate of `synthesis.filter_taus`
+    return self.group_dir(*cell.group) / f"synthetic_{cell.arm.source}{suffix}.npz"
 
-  def synthetic(self, cell: Cell) -> tuple[synthesis.SyntheticSet, dict]:
+  def synthetic(self, cell: Cell, tau: float | None = None) -> tuple[synthesis.SyntheticSet, dict]:
     """The largest synthetic set any ratio needs, for the cell group's arm source (cached on disk, with
-    its quality); smaller ratios take a prefix per class, so candidate sets are nested."""
+    its quality); smaller ratios take a prefix per class, so candidate sets are nested. `tau`: a filter
+    candidate (`synthesis.filter_taus`; 0 unfiltered), None: `synthesis.filter_tau`."""
     arm = cell.arm
-    path = self._synthetic_path(cell)
+    path = self._synthetic_path(cell, tau)
     real = self.real_train(*cell.group)
     per_class = int(self._per_class(real, max(self.config.synthesis.synthetic_ratios)).max())
     info = {"generator_seconds": 0.0, "synthesis_seconds": 0.0}
@@ -433,7 +442,7 @@ class Sweep:
       sampler = arm.sampler_name(self.config.synthesis)
       options = self._sampler_options(sampler)
       name = arm.generator
-      filter_by = self._filter(cell, sampler)
+      filter_by = self._filter(cell, sampler, tau)
       if filter_by is not None:
         synthetic, report = synthesis.synthesize_filtered(
           model, real, per_class, sampler, cell.seed, generator_name=name, **filter_by, **options
@@ -445,23 +454,24 @@ class Sweep:
       info["synthesis_seconds"] = round(time.perf_counter() - start, 2)
       info["sampler"] = sampler
       quality_start = time.perf_counter()
-      info["quality"] = self._quality(cell, model, generator_dir, synthetic, info.get("filter"))
+      info["quality"] = self._quality(cell, model, generator_dir, synthetic, info.get("filter"), path)
       info["quality_seconds"] = round(time.perf_counter() - quality_start, 2)
       fileio.atomic_write_text(info_path, json.dumps(info, default=classifier_train._json_default) + "\n")
     elif info_path.exists():
       info = {**json.loads(info_path.read_text()), "reused": True}
     return synthesis.load_synthetic(path), info
 
-  def _filter(self, cell: Cell, sampler: str) -> dict | None:
+  def _filter(self, cell: Cell, sampler: str, tau: float | None = None) -> dict | None:
     """How the cell's synthetic images are filtered by its `none` classifier: counterfactuals always (kept
     when the classifier's decision, at its threshold chosen on validation, is the target class); the others
-    when `synthesis.filter_tau` > 0 (the intended class's probability >= tau)."""
+    when `tau` (None: `synthesis.filter_tau`) > 0 (the intended class's probability >= tau)."""
     if sampler == arms_lib.COUNTERFACTUAL:
       predict, threshold = self._none_classifier(cell)
       return {"predict_proba": predict, "decision_threshold": threshold}
-    if self.config.synthesis.filter_tau > 0:
+    tau = self.config.synthesis.filter_tau if tau is None else tau
+    if tau > 0:
       predict, _ = self._none_classifier(cell)
-      return {"predict_proba": predict, "tau": self.config.synthesis.filter_tau}
+      return {"predict_proba": predict, "tau": tau}
     return None
 
   def _synthetic_cached(self, path: Path) -> bool:
@@ -493,7 +503,7 @@ class Sweep:
         options[name] = tuple(value) if isinstance(value, list) else value
     return options
 
-  def _quality(self, cell: Cell, model, generator_dir: Path | None, synthetic, filter_report) -> dict:
+  def _quality(self, cell: Cell, model, generator_dir: Path | None, synthetic, filter_report, path: Path) -> dict:
     """The synthetic set's quality on the cell dataset's validation split (never test): see
     `experiments.cell_quality`; None when `quality.enabled` is off."""
     if not self.config.quality.enabled:
@@ -509,7 +519,7 @@ class Sweep:
       features=self.feature_extractor(cell.dataset),
       classifier=none_classifier,
       filter_report=filter_report,
-      cas_workdir=self._synthetic_path(cell).with_suffix("") / "cas",
+      cas_workdir=path.with_suffix("") / "cas",
       cas_config=cas_config(self.config, cell),
       mesh=self.mesh,
     )
@@ -561,20 +571,27 @@ class Sweep:
     )
     return classifier_train.train_and_evaluate(sub, workdir, data=data, score_test=score_test), sub
 
-  def _variants(self, cell: Cell) -> list[tuple[float | None, float | None]]:
-    """The (synthetic ratio, mixup alpha) candidates of a cell, one classifier each; the one with the
-    best validation value is the cell's. A single candidate trains in the cell's workdir."""
+  def _variants(self, cell: Cell) -> list[tuple[float | None, float | None, float | None]]:
+    """The (synthetic ratio, filter tau, mixup alpha) candidates of a cell, one classifier each; the one with
+    the best validation value is the cell's. A single candidate trains in the cell's workdir."""
     ratios = tuple(self.config.synthesis.synthetic_ratios) if cell.arm.generator else (None,)
+    taus = (None,)
+    if cell.arm.generator and self.config.synthesis.get("filter_taus"):
+      if cell.arm.sampler_name(self.config.synthesis) != arms_lib.COUNTERFACTUAL:  # filtered by construction
+        taus = tuple(self.config.synthesis.filter_taus)
     alphas = tuple(self.config.mixup_alphas) if cell.arm.mixup else (None,)
-    return [(r, a) for r in ratios for a in alphas]
+    return [(r, t, a) for r in ratios for t in taus for a in alphas]
 
   def _training_data(self, real: pipeline.ArrayDataset, synthetic, ratio: float | None):
     """(training data, synthetic images used) for a ratio: `synthesis.placement` "on_top" adds them to
     every batch of the real images (each real image seen as often as without them), "mixed" puts them
-    into the training set (each epoch then holds fewer real images per step)."""
+    into the training set (each epoch then holds fewer real images per step); training data None when
+    a filter kept no synthetic image."""
     if ratio is None:
       return real, None
     chosen = self._take_ratio(synthetic, real, ratio)
+    if len(chosen) == 0:
+      return None, chosen
     if self.config.synthesis.get("placement", "mixed") == "on_top":
       return pipeline.WithExtraRows(real, chosen.to_dataset(provenance=False), ratio), chosen
     return synthesis.combine(real, chosen), chosen
@@ -584,34 +601,43 @@ class Sweep:
     real = self.real_train(*cell.group)
     workdir = self.group_dir(*cell.group) / cell.arm.name
     seconds = {}
-    synthetic, quality = None, None
-    if cell.arm.generator is not None:
-      synthetic, info = self.synthetic(cell)
-      reused = info.get("reused", False)
-      seconds.update(
-        generator_seconds=info.get("generator_seconds", 0.0),
-        generator_step_seconds=info.get("generator_step_seconds", 0.0),
-        synthesis_seconds=info.get("synthesis_seconds", 0.0),
-        quality_seconds=info.get("quality_seconds", 0.0),
-        generator_reused=reused,
-      )
-      quality = info.get("quality")
-    fits = []  # the timing of every classifier trained for this cell
     variants = self._variants(cell)
-    candidates = []
-    for ratio, alpha in variants:
-      train, chosen = self._training_data(real, synthetic, ratio)
-      candidate_dir = workdir if len(variants) == 1 else workdir / _variant_name(ratio, alpha)
+    sets = {}  # filter tau -> (synthetic set, its info)
+    if cell.arm.generator is not None:
+      for tau in dict.fromkeys(t for _, t, _ in variants):
+        sets[tau] = self.synthetic(cell, tau)
+      infos = [info for _, info in sets.values()]
+      seconds.update(
+        generator_seconds=infos[0].get("generator_seconds", 0.0),
+        generator_step_seconds=infos[0].get("generator_step_seconds", 0.0),
+        synthesis_seconds=round(sum(info.get("synthesis_seconds", 0.0) for info in infos), 2),
+        quality_seconds=round(sum(info.get("quality_seconds", 0.0) for info in infos), 2),
+        generator_reused=all(info.get("reused", False) for info in infos),
+      )
+    fits = []  # the timing of every classifier trained for this cell
+    candidates, empty = [], []
+    for ratio, tau, alpha in variants:
+      train, chosen = self._training_data(real, sets[tau][0] if tau in sets else None, ratio)
+      if train is None:  # the filter kept no image: nothing to add
+        empty.append(_variant_name(ratio, tau, alpha))
+        continue
+      candidate_dir = workdir if len(variants) == 1 else workdir / _variant_name(ratio, tau, alpha)
       summary, sub = self._train_classifier(
         cell, train, candidate_dir, score_test=len(variants) == 1, mixup_alpha=alpha
       )
       fits.append(summary.get("timing", {}))
-      candidates.append((summary["best_validation_value"], ratio, alpha, candidate_dir, train, chosen))
-    # Ties go to the smaller ratio, then the smaller alpha.
-    _, ratio, alpha, classifier_dir, train, chosen = max(candidates, key=lambda c: (c[0], -(c[1] or 0), -(c[2] or 0)))
+      candidates.append((summary["best_validation_value"], ratio, tau, alpha, candidate_dir, train, chosen))
+    if not candidates:
+      raise ValueError(f"{cell.key}: the filter kept no synthetic image for any candidate ({', '.join(empty)})")
+    if empty:
+      self._say(f"    {len(empty)} candidates without synthetic images skipped: {', '.join(empty)}")
+    # Ties go to the smaller ratio, then no or the lower filter threshold, then the smaller alpha.
+    best = max(candidates, key=lambda c: (c[0], -(c[1] or 0), -(c[2] or 0), -(c[3] or 0)))
+    _, ratio, tau, alpha, classifier_dir, train, chosen = best
     if len(variants) > 1:  # chosen on validation; only the choice scores test
       summary, sub = self._train_classifier(cell, train, classifier_dir, score_test=True, mixup_alpha=alpha)
       fits.append(summary.get("timing", {}))
+    quality = sets[tau][1].get("quality") if tau in sets else None
     synthetic_counts = chosen.class_counts() if chosen is not None else None
     seconds["classifier_seconds"] = summary["seconds"]
     for phase in ("steps", "validation", "checkpoints"):
@@ -659,6 +685,9 @@ class Sweep:
       ),
       "provenance": provenance.collect(),
     }
+    if len(sets) > 1:  # the filter threshold chosen on validation (0: unfiltered)
+      record["filter_tau"] = tau
+      record["empty_candidates"] = empty
     return record
 
   def _generator_record(self, cell: Cell) -> dict | None:
@@ -749,9 +778,11 @@ class Sweep:
     return {c.key: finished[c.key] for c in all_cells if c.key in finished}
 
 
-def _variant_name(ratio: float | None, alpha: float | None) -> str:
-  """The workdir of one candidate classifier of a cell: `ratio2`, `mixup0.2`, `ratio2_mixup0.2`."""
-  parts = ([f"ratio{ratio:g}"] if ratio is not None else []) + ([f"mixup{alpha:g}"] if alpha is not None else [])
+def _variant_name(ratio: float | None, tau: float | None, alpha: float | None) -> str:
+  """The workdir of one candidate classifier of a cell: `ratio2`, `mixup0.2`, `ratio2_tau0.5_mixup0.2`."""
+  parts = [
+    f"{name}{value:g}" for name, value in (("ratio", ratio), ("tau", tau), ("mixup", alpha)) if value is not None
+  ]
   return "_".join(parts)
 
 

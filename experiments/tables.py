@@ -373,9 +373,13 @@ def primary_markdown(summary: dict) -> list[str]:
     "generator's synthetic images; the highest mean validation value of the metric over its seeds, never "
     "chosen on test) against `classic` and against `none`, on balanced accuracy and ROC-AUC. Δ: paired "
     "(same seed) difference in the test metric, mean [Student's t 95% interval]; simultaneous: the t "
-    f"interval at the Bonferroni level {families['simultaneous_confidence']:.4g} (1 - .05/{families['size']}), "
-    f"which holds for all {families['size']} together; p: paired t-test; Holm: p adjusted by Holm's step-down "
-    "method across these comparisons.",
+    + (
+      f"interval at the Bonferroni level {families['simultaneous_confidence']:.4g} (1 - .05/{families['size']}), "
+      f"which holds for all {families['size']} together"
+      if families["size"]
+      else "interval at the Bonferroni level over the comparisons with two seeds or more (none yet)"
+    )
+    + "; p: paired t-test; Holm: p adjusted by Holm's step-down method across these comparisons.",
     "",
   ]
   if not summary["primary"]:

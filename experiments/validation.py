@@ -312,6 +312,11 @@ def _sweep_problems(config, check: _Checker) -> list[str]:
     problems.append(f"config.synthesis.synthetic_ratios: {ratios!r} is not a non-empty tuple of positive ratios")
   problems += synth.choice(config.synthesis, "placement", ("on_top", "mixed"), "a placement")
   problems += synth.choice(config.synthesis, "class_proportions", ("real", "equal"), "a class proportion rule")
+  taus = config.synthesis.get("filter_taus", ())
+  if not isinstance(taus, (list, tuple)) or any(
+    isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1 for t in taus
+  ):
+    problems.append(f"config.synthesis.filter_taus: {taus!r} is not a tuple of thresholds in [0, 1)")
   alphas = config.get("mixup_alphas", (0.2,))
   if not isinstance(alphas, (list, tuple)) or not alphas or any(not _positive_number(a) for a in alphas):
     problems.append(f"config.mixup_alphas: {alphas!r} is not a non-empty tuple of positive numbers")

@@ -150,11 +150,14 @@ def test_v2_presets_validate_and_keep_the_v1_hashes():
     validation.validate_compare_config(v2, grid_only=False)
 
 
-def test_every_arm_sees_each_real_image_equally_often_and_mixup_is_chosen_on_validation(detection_built, tmp_path):
+def test_every_arm_sees_each_real_image_equally_often_and_candidates_are_chosen_on_validation(
+  detection_built, tmp_path
+):
   config = compare_config.get_config("tiny")
   config.arms, config.num_seeds, config.compilation_cache_dir = ("none", "mixup", "noise_blur"), 1, ""
   config.data_dir = detection_built
   config.synthesis.synthetic_ratios = (0.5, 2.0)
+  config.synthesis.filter_taus = (0.0, 0.6)
   config.mixup_alphas = (0.2, 1.0)
   config.validation_n_per_class = 10
   runner = sweep.Sweep(config, tmp_path, stream=open(os.devnull, "w"))
@@ -165,8 +168,25 @@ def test_every_arm_sees_each_real_image_equally_often_and_mixup_is_chosen_on_val
   assert {r["validation_size"] for r in records.values()} == {20}
   blur = records["noise_blur"]
   assert blur["synthetic_placement"] == "on_top"
-  assert sum(blur["synthetic_counts"].values()) == round(blur["synthetic_ratio"] * blur["real_train_size"])
-  arm_dir = runner.group_dir(*sweep.cells_of(config)[0].group) / "mixup"
+  if blur["filter_tau"] == 0:  # unfiltered: exactly ratio x the real images (a filter may keep fewer)
+    assert sum(blur["synthetic_counts"].values()) == round(blur["synthetic_ratio"] * blur["real_train_size"])
+  # ratio x filter threshold: four candidates, the choice is the best on validation, only it reads test
+  group = runner.group_dir(*sweep.cells_of(config)[0].group)
+  scores = {
+    (r, t): json.loads((group / "noise_blur" / f"ratio{r:g}_tau{t:g}" / "validation_metrics.json").read_text())
+    for r in (0.5, 2.0)
+    for t in (0.0, 0.6)
+  }
+  best = max(scores, key=lambda c: (scores[c]["best_validation_value"], -c[0], -c[1]))
+  assert (blur["synthetic_ratio"], blur["filter_tau"]) == best
+  assert [p.parent.name for p in (group / "noise_blur").glob("*/test_metrics.json")] == [
+    f"ratio{best[0]:g}_tau{best[1]:g}"
+  ]
+  filtered = json.loads((group / "synthetic_noise_blur_tau0.6.npz.timing.json").read_text())
+  assert filtered["filter"]["tau"] == 0.6 and "filter" not in json.loads(
+    (group / "synthetic_noise_blur.npz.timing.json").read_text()
+  )
+  arm_dir = group / "mixup"
   scores = {a: json.loads((arm_dir / f"mixup{a:g}" / "validation_metrics.json").read_text()) for a in (0.2, 1.0)}
   best = max(scores, key=lambda a: (scores[a]["best_validation_value"], -a))
   assert records["mixup"]["mixup_alpha"] == best and records["mixup"]["classifier_config"]["mixup_alpha"] == best

@@ -136,7 +136,11 @@ def test_the_packaged_configs_pass(tiny, detection_built):
       "prior",
       "config.synthesis.vae_sampler: 'prior' is not a sampler for vae; choose from counterfactual, gmm, ",
     ),
-    ("arms", ("none", "dea"), "config.arms[1]: unknown arm 'dea': use none, classic, or [classic+]SOURCE[:SAMPLER] "),
+    (
+      "arms",
+      ("none", "dea"),
+      "config.arms[1]: unknown arm 'dea': use none, or classic, mixup and at most one SOURCE[:SAMPLER] ",
+    ),
     ("arms", ("none", "pool_cvae"), "config.arms[1]: unknown arm 'pool_cvae': the pool has no labels, so a "),
     ("arms", ("none", "none"), "config.arms: 'none' is listed twice; give each arm once"),
     ("classic_augment", "strong", "config.classic_augment: 'strong' is not an augment preset; choose from "),
@@ -181,7 +185,7 @@ def test_an_unbuilt_dataset_says_how_to_build_it(tiny, tmp_path):
 def test_the_sweep_own_rules_are_config_errors(tiny):
   tiny.synthesis.filter_tau, tiny.arms = 0.5, ("cvae",)
   (problem,) = problems_of(validation.validate_compare_config, tiny)
-  assert problem.startswith("config: synthesis.filter_tau > 0 filters with each cell's 'none' classifier")
+  assert problem.startswith("config: synthesis.filter_tau(s) > 0 filter with each cell's 'none' classifier")
   tiny.synthesis.filter_tau, tiny.arms = 0.0, ("classic", "pool_rvae:counterfactual")
   (problem,) = problems_of(validation.validate_compare_config, tiny)
   assert problem.startswith("config: pool_rvae:counterfactual keep what each cell's 'none' classifier agrees")

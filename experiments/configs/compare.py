@@ -163,6 +163,9 @@ def get_config(preset: str = "default"):
   # Keep only samples that the cell's own "none" classifier (real data only, selected on
   # validation) assigns to the intended class with probability >= tau; 0 disables filtering.
   config.synthesis.filter_tau = 0.0
+  # Several thresholds (0: unfiltered), e.g. (0.0, 0.5): one synthetic set and classifier per threshold and
+  # ratio, chosen per cell on validation like the ratio; () uses filter_tau alone.
+  config.synthesis.filter_taus = ()
   config.synthesis.figure_samples = 8  # per class, in the sample-grid figures
   # noise_blur control: the DAE's corruption (config.generator.noise) then a Gaussian blur of this std in
   # pixels (`synthesis.calibrate_blur_sigma` measures the blur that matches a trained DAE's output).
