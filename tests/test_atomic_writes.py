@@ -152,8 +152,9 @@ def test_sweep_regenerates_a_set_a_kill_left_without_sidecar(tmp_path, monkeypat
   )
   stand_in._synthetic_cached = lambda path: sweep.Sweep._synthetic_cached(stand_in, path)
   stand_in._sampler_options = lambda sampler: sweep.Sweep._sampler_options(stand_in, sampler)
-  stand_in._synthetic_path = lambda cell: sweep.Sweep._synthetic_path(stand_in, cell)
-  stand_in._filter = lambda cell, sampler: sweep.Sweep._filter(stand_in, cell, sampler)
+  stand_in._synthetic_path = lambda cell, tau=None: sweep.Sweep._synthetic_path(stand_in, cell, tau)
+  stand_in._filter = lambda cell, sampler, tau=None: sweep.Sweep._filter(stand_in, cell, sampler, tau)
+  stand_in._per_class = lambda real, ratio: sweep.Sweep._per_class(stand_in, real, ratio)
   stand_in._quality = lambda *args: {"n_synthetic": len(args[3])}  # quality has its own tests (test_kinds)
   cell = sweep.Cell("d", 3, 0, sweep.Arm.parse("vae"))
   path = tmp_path / "group" / "synthetic_vae.npz"
