@@ -34,11 +34,11 @@ Presets (2-core CPU figures measured with the commands above; see experiments/re
 * default - face_mask_detection/2classes at 32 px, 50 images per class, arms none / classic / cvae /
   classic+cvae, 3 seeds, the small BN CNN. About 2 minutes on a 2-core CPU (117 s with a cold
   compile cache, 97 s warm, per-cell quality of the three CVAE sets included); prints the table: test
-  balanced accuracy none .868 +- .121, classic .912 +- .062, cvae .801 +- .041, classic+cvae .871 +-
-  .007 (AMD EPYC, AVX-512; other CPUs round differently). Three
-  seeds at 50 per class cannot separate arms (balanced accuracy moves by ~.03 between seeds there:
-  "Facts the design relies on" in experiments/results/README.md); it shows the machinery, `full`
-  answers the question.
+  balanced accuracy none .871 +- .046, classic .906 +- .066, cvae .824 +- .144, classic+cvae .875 +-
+  .058 (protocol v2 placement, dataset version 1.1.0, AMD EPYC, AVX-512; other CPUs round
+  differently). Three seeds at 50 per class cannot separate arms (balanced accuracy moves by ~.03
+  between seeds there: "Facts the design relies on" in experiments/results/README.md); it shows the
+  machinery, `v2` answers the question.
 * full - (v1, superseded by v2) n_per_class 25 / 50 / 100 / 250 / all x all six arms x 5 seeds on face_mask_detection/2classes
   and face_mask12k/grouped, each cell also tested on the other datasets' test splits (cross-dataset
   table). About 1.5-2 hours on a 2-core CPU (`--shards=auto`: one single-core process per core, the
